@@ -1,0 +1,110 @@
+"""One frozen settings object; the only module that reads the environment."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+# The default model: SmolLM2-135M-Instruct, as described by models/specs/smollm2-135m-instruct.json
+# and put in place by `python -m build_engine.default_model` (the README's setup does it).
+DEFAULT_MODEL_PATH = ROOT / "models" / "smollm2-135m-instruct" / "smollm2-135m-instruct-Q4_1.gguf"
+
+
+def _default_threads() -> int:
+    # Physical cores are what llama.cpp scales with; os.sched_getaffinity honours taskset/cgroups.
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told, with the environment variable that sets each field."""
+
+    # MODEL_PATH: the GGUF engine to serve.
+    model_path: Path = DEFAULT_MODEL_PATH
+    # N_CTX: the context window of one request, in tokens (prompt + max_new_tokens must fit).
+    n_ctx: int = 4096
+    # KV_CACHE_TOKENS: total KV-cache cells shared by all sequences and the prefix cache;
+    # 0 means n_ctx * max(4, n_parallel).
+    kv_cache_tokens: int = 0
+    # N_PARALLEL: how many sequences (samples of in-flight requests) are decoded in one batch.
+    n_parallel: int = 8
+    # N_BATCH: the token budget of one llama_decode step (prefill chunks + decode tokens).
+    n_batch: int = 512
+    # N_THREADS: CPU threads for decoding and prompt processing; 0 means one per available core.
+    n_threads: int = 0
+    # N_GPU_LAYERS: layers offloaded to the GPU; -1 means all (ignored without a GPU build).
+    n_gpu_layers: int = -1
+    # FLASH_ATTN: "auto", "on" or "off".
+    flash_attn: str = "auto"
+    # PREFIX_CACHE_TOKENS: KV cells that finished requests may keep for reuse by later prompts.
+    prefix_cache_tokens: int = 8192
+    # MAX_NUM_SAMPLES: the largest num_samples / num_return_sequences one request may ask for.
+    max_num_samples: int = 16
+    # MAX_TOP_K_PER_TOKEN: the largest top_k_per_token one request may ask for.
+    max_top_k_per_token: int = 100
+    # MAX_BODY_BYTES: request bodies above this size are answered 413.
+    max_body_bytes: int = 8 * 1024 * 1024
+    # SEED: the seed of requests that send none (-1: a fresh random seed per request).
+    default_seed: int = -1
+    # MODEL_NAME: the name /health reports; "" means the GGUF's general.name.
+    model_name: str = ""
+    # LOG_LEVEL: the app's logging level.
+    log_level: str = "INFO"
+
+    @property
+    def threads(self) -> int:
+        """CPU threads to use, resolved from n_threads."""
+        return self.n_threads if self.n_threads > 0 else _default_threads()
+
+    @property
+    def kv_cells(self) -> int:
+        """Total KV-cache cells, resolved from kv_cache_tokens."""
+        if self.kv_cache_tokens > 0:
+            return self.kv_cache_tokens
+        return self.n_ctx * max(4, self.n_parallel)
+
+    def validate(self) -> "Settings":
+        """Fail early, naming the setting, on values that cannot work."""
+        assert self.n_ctx >= 16, f"N_CTX must be at least 16, got {self.n_ctx}"
+        assert self.n_parallel >= 1, f"N_PARALLEL must be at least 1, got {self.n_parallel}"
+        assert self.n_batch >= 8, f"N_BATCH must be at least 8, got {self.n_batch}"
+        assert self.kv_cells >= self.n_ctx, (
+            f"KV_CACHE_TOKENS ({self.kv_cells}) must hold at least one full context (N_CTX={self.n_ctx})"
+        )
+        assert self.flash_attn in ("auto", "on", "off"), f"FLASH_ATTN must be auto/on/off, got {self.flash_attn!r}"
+        assert self.max_num_samples >= 1, f"MAX_NUM_SAMPLES must be at least 1, got {self.max_num_samples}"
+        assert self.max_body_bytes >= 1024, f"MAX_BODY_BYTES must be at least 1024, got {self.max_body_bytes}"
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, then the environment, then explicit overrides (a test's dict)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = _ENV_NAMES.get(f.name, f.name.upper())
+            if var in environ and environ[var] != "":
+                values[f.name] = _parse(f.type, environ[var], var)
+        values.update(overrides)
+        if "model_path" in values:
+            values["model_path"] = Path(values["model_path"])
+        return cls(**values).validate()
+
+
+# Fields whose variable is not simply the upper-cased field name.
+_ENV_NAMES = {"default_seed": "SEED"}
+
+
+def _parse(annotation: Any, raw: str, var: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "Path":
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a valid {kind}") from None

