@@ -27,7 +27,7 @@ class Settings:
     # N_CTX: the context window of one request, in tokens (prompt + max_new_tokens must fit).
     n_ctx: int = 4096
     # KV_CACHE_TOKENS: total KV-cache cells shared by all sequences and the prefix cache;
-    # 0 means n_ctx * max(4, n_parallel).
+    # 0 means 2 * n_ctx (for SmolLM2: 8192 cells, 180 MiB; a 7B model with GQA: 1 GiB).
     kv_cache_tokens: int = 0
     # N_PARALLEL: how many sequences (samples of in-flight requests) are decoded in one batch.
     n_parallel: int = 8
@@ -39,14 +39,22 @@ class Settings:
     n_gpu_layers: int = -1
     # FLASH_ATTN: "auto", "on" or "off".
     flash_attn: str = "auto"
-    # PREFIX_CACHE_TOKENS: KV cells that finished requests may keep for reuse by later prompts.
-    prefix_cache_tokens: int = 8192
+    # PREFIX_CACHE_TOKENS: KV cells that finished requests may keep for reuse by later prompts;
+    # -1 means half the KV cache, 0 turns prefix reuse off.
+    prefix_cache_tokens: int = -1
+    # DETERMINISTIC: run one request at a time on an emptied KV cache, without prefix reuse, so
+    # every output is bit-identical whatever the load (llama.cpp's kernels depend on the batch's
+    # size and the cache's extent); costs the throughput of batching.
+    deterministic: bool = False
     # MAX_NUM_SAMPLES: the largest num_samples / num_return_sequences one request may ask for.
     max_num_samples: int = 16
     # MAX_TOP_K_PER_TOKEN: the largest top_k_per_token one request may ask for.
     max_top_k_per_token: int = 100
     # MAX_BODY_BYTES: request bodies above this size are answered 413.
     max_body_bytes: int = 8 * 1024 * 1024
+    # PARSE_SPECIAL: whether "<|im_start|>" and the like in a prompt become special tokens
+    # (off: text is text, and decode(tokenize(x)) == x for any x).
+    parse_special: bool = False
     # SEED: the seed of requests that send none (-1: a fresh random seed per request).
     default_seed: int = -1
     # MODEL_NAME: the name /health reports; "" means the GGUF's general.name.
@@ -64,7 +72,14 @@ class Settings:
         """Total KV-cache cells, resolved from kv_cache_tokens."""
         if self.kv_cache_tokens > 0:
             return self.kv_cache_tokens
-        return self.n_ctx * max(4, self.n_parallel)
+        return 2 * self.n_ctx
+
+    @property
+    def prefix_cache_cells(self) -> int:
+        """KV cells the prefix cache may hold, resolved from prefix_cache_tokens."""
+        if self.deterministic:
+            return 0
+        return self.kv_cells // 2 if self.prefix_cache_tokens < 0 else self.prefix_cache_tokens
 
     def validate(self) -> "Settings":
         """Fail early, naming the setting, on values that cannot work."""
@@ -94,6 +109,8 @@ class Settings:
         return cls(**values).validate()
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
 # Fields whose variable is not simply the upper-cased field name.
 _ENV_NAMES = {"default_seed": "SEED"}
 
@@ -103,6 +120,10 @@ def _parse(annotation: Any, raw: str, var: str) -> Any:
     try:
         if kind == "int":
             return int(raw)
+        if kind == "bool":
+            if raw.lower() not in _BOOLS:
+                raise ValueError
+            return _BOOLS[raw.lower()]
         if kind == "Path":
             return Path(raw)
         return raw

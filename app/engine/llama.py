@@ -1,0 +1,220 @@
+"""The only module that touches llama.cpp: model, context, vocabulary, batches, KV memory."""
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from app.config import Settings
+from app.engine.errors import EngineError, ModelLoadError
+
+log = logging.getLogger("llama.cpp")
+
+# enum ggml_log_level -> logging levels; 5 (GGML_LOG_LEVEL_CONT) keeps the previous line's level.
+_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_last_level = logging.INFO
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    global _last_level
+    _last_level = _LEVELS.get(level, _last_level)
+    # llama.cpp is chatty at INFO (every tensor it loads); only warnings and errors reach our log.
+    if _last_level >= logging.WARNING:
+        log.log(_last_level, text.decode("utf-8", errors="replace").rstrip())
+
+
+_FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}  # enum llama_flash_attn_type
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about the loaded GGUF, for /health and for the scheduler."""
+
+    name: str
+    description: str  # llama.cpp's own one-liner, e.g. "llama 256M Q4_1"
+    file_type: str  # the quantization, e.g. "Q4_1"
+    n_params: int
+    size_bytes: int
+    n_vocab: int
+    n_ctx_train: int
+    add_bos: bool
+    bos: int
+    gpu_offload: bool
+
+
+class LlamaModel:
+    """Owns one llama.cpp model and one context with n_seq_max sequences over a unified KV cache."""
+
+    def __init__(self, settings: Settings, *, n_seq_max: int) -> None:
+        path = Path(settings.model_path)
+        if not path.is_file():
+            raise ModelLoadError(f"MODEL_PATH {path} does not exist or is not a file")
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 0x7FFFFFFF
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(f"llama.cpp could not load {path} (not a GGUF file, or an unknown architecture)")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = settings.kv_cells  # total cells, shared by all sequences (kv_unified)
+        cparams.n_batch = settings.n_batch  # most tokens one llama_decode may carry
+        cparams.n_ubatch = settings.n_batch  # one compute graph per step: no hidden sub-batching
+        cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = True  # every sequence may use the whole cache; seq_cp shares cells
+        cparams.n_threads = settings.threads
+        cparams.n_threads_batch = settings.threads
+        cparams.flash_attn_type = _FLASH_ATTN[settings.flash_attn]
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {settings.kv_cells} cells for {path} (out of memory?)"
+            )
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.n_batch = settings.n_batch
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        # Numpy views over the batch's C arrays: filling them is a slice assignment, not a loop.
+        self._tok = np.ctypeslib.as_array(self.batch.token, shape=(self.n_batch,))
+        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(self.n_batch,))
+        self._nseq = np.ctypeslib.as_array(self.batch.n_seq_id, shape=(self.n_batch,))
+        self._out = np.ctypeslib.as_array(self.batch.logits, shape=(self.n_batch,))
+        self._nseq[:] = 1
+        # Piece bytes of every token, for text assembled without a call per token; control and
+        # other special tokens render as b"" (HELM never sees "<|endoftext|>" in a text).
+        self.pieces: list[bytes] = [self._piece(t) for t in range(self.n_vocab)]
+        self.eog = np.array([bool(llama_cpp.llama_vocab_is_eog(self.vocab, t)) for t in range(self.n_vocab)])
+        self.info = self._describe(path)
+
+    # ---- vocabulary (read-only: safe from any thread) ----
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:  # the piece is longer than the buffer: n is minus the size needed
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """Token ids of `text`, with BOS where the model adds one and add_special is set."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8  # a token covers at least one byte, plus BOS/EOS
+        out = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), out, cap, add_special, parse_special)
+        if n < 0:
+            raise EngineError(f"tokenizer needs {-n} slots for a {len(data)}-byte text")
+        return list(out[:n])
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(512)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    def _describe(self, path: Path) -> ModelInfo:
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self.model, buf, len(buf))
+        desc = buf.value.decode("utf-8", errors="replace")
+        return ModelInfo(
+            name=self._meta("general.name") or path.stem,
+            description=desc,
+            file_type=desc.rsplit(" ", 1)[-1],
+            n_params=int(llama_cpp.llama_model_n_params(self.model)),
+            size_bytes=int(llama_cpp.llama_model_size(self.model)),
+            n_vocab=self.n_vocab,
+            n_ctx_train=int(llama_cpp.llama_model_n_ctx_train(self.model)),
+            add_bos=bool(llama_cpp.llama_vocab_get_add_bos(self.vocab)),
+            bos=int(llama_cpp.llama_vocab_bos(self.vocab)),
+            gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+        )
+
+    def start_token(self) -> int:
+        """The token that opens a document: BOS where the model adds it, else end-of-text, else EOS."""
+        if self.info.add_bos:
+            return self.info.bos
+        for fn in (llama_cpp.llama_vocab_eot, llama_cpp.llama_vocab_eos, llama_cpp.llama_vocab_bos):
+            t = int(fn(self.vocab))
+            if 0 <= t < self.n_vocab:
+                return t
+        raise EngineError("the model has no BOS, EOT or EOS token to open a document with")
+
+    # ---- compute (scheduler thread only) ----
+
+    def decode(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray, want: np.ndarray) -> np.ndarray:
+        """Run one batch; returns logits [n_wanted, n_vocab] (float32, a copy) for rows with want=True.
+
+        tokens, pos, seq: int32 [n]; want: bool [n]. Rows come back in batch order.
+        """
+        n = len(tokens)
+        assert 0 < n <= self.n_batch, f"batch of {n} tokens, the context takes 1..{self.n_batch}"
+        self._tok[:n] = tokens
+        self._pos[:n] = pos
+        self._out[:n] = want
+        for i in range(n):  # seq_id is an array of pointers: no vectorised fill
+            self.batch.seq_id[i][0] = int(seq[i])
+        self.batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise DecodeFailed(rc)
+        rows = np.flatnonzero(want)
+        if len(rows) == 0:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        base = ctypes.cast(llama_cpp.llama_get_logits(self.ctx), ctypes.c_void_p).value
+        first = ctypes.cast(llama_cpp.llama_get_logits_ith(self.ctx, int(rows[0])), ctypes.c_void_p).value
+        all_logits = np.ctypeslib.as_array(
+            ctypes.cast(base, ctypes.POINTER(ctypes.c_float)), shape=(len(rows), self.n_vocab)
+        )
+        if first == base and self._in_order(rows, base):
+            return all_logits.copy()
+        # Outputs were reordered inside llama.cpp: gather row by row through llama_get_logits_ith.
+        return np.stack([self._row(int(r)) for r in rows])
+
+    def _in_order(self, rows: np.ndarray, base: int) -> bool:
+        stride = 4 * self.n_vocab
+        last = ctypes.cast(llama_cpp.llama_get_logits_ith(self.ctx, int(rows[-1])), ctypes.c_void_p).value
+        return last == base + stride * (len(rows) - 1)
+
+    def _row(self, i: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        """Drop positions [p0, p1) of a sequence from the KV cache (-1: open end)."""
+        llama_cpp.llama_memory_seq_rm(self.mem, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Make dst share src's cells for positions [p0, p1): no copy with a unified cache."""
+        llama_cpp.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        """Largest position a sequence holds in the KV cache, -1 when empty."""
+        return int(llama_cpp.llama_memory_seq_pos_max(self.mem, seq))
+
+    def clear(self) -> None:
+        """Empty the whole KV cache."""
+        llama_cpp.llama_memory_clear(self.mem, True)
+
+    def close(self) -> None:
+        """Free the batch, the context and the model."""
+        if getattr(self, "ctx", None):
+            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_free(self.ctx)
+            llama_cpp.llama_model_free(self.model)
+            self.ctx = None
+
+
+class DecodeFailed(EngineError):
+    """llama_decode returned non-zero: 1 = no KV slot for the batch, 2 = aborted, <0 = error."""
+
+    def __init__(self, rc: int) -> None:
+        super().__init__(f"llama_decode failed with status {rc}")
+        self.rc = rc

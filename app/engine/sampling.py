@@ -1,0 +1,85 @@
+"""Logprobs, top-k selection and sampling over one row of raw logits (numpy only, no llama.cpp)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# HELM sends temperature=1e-7 when it means greedy; anything at or below this is argmax.
+GREEDY_TEMPERATURE = 1e-5
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-softmax of a float32 vector [n_vocab], computed in float64 for a stable sum."""
+    x = logits.astype(np.float64, copy=False)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+def logsumexp_rows(block: np.ndarray) -> np.ndarray:
+    """Row-wise log(sum(exp)) of [m, n] logits, in float64: [m]."""
+    x = block.astype(np.float64)
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
+
+
+def top_k_rows(block: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest entries of each row of [m, n], best first: [m, k].
+
+    argpartition picks the k winners in O(n); only those k are sorted (ties among them by id).
+    Which of several tokens tied at the k-th value is kept is arbitrary but deterministic.
+    """
+    n = block.shape[1]
+    k = min(k, n)
+    part = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(block), 1))
+    part.sort(axis=1)  # by id first, so the stable sort below breaks ties by id
+    vals = np.take_along_axis(block, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def top_k_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of a vector [n], best first: [k]."""
+    return top_k_rows(values[None, :], k)[0]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to choose the next token; logprobs never depend on these."""
+
+    temperature: float = 0.8
+    top_k: int = 200  # 0 disables top-k
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= GREEDY_TEMPERATURE
+
+
+def choose_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Pick the next token id from raw logits [n_vocab]: argmax, or top-k -> temperature -> top-p."""
+    if params.greedy:
+        return int(np.argmax(logits))
+    n = logits.shape[0]
+    k = params.top_k if 0 < params.top_k < n else n
+    if k < n or params.top_p < 1.0:
+        candidates = top_k_indices(logits, k)  # [k], best first
+    else:
+        candidates = np.arange(n)
+    scaled = logits[candidates].astype(np.float64) / params.temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        # Candidates are sorted best first: keep the smallest prefix whose mass reaches top_p.
+        cut = int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1
+        candidates, probs = candidates[:cut], probs[:cut] / probs[:cut].sum()
+    return int(candidates[rng.choice(len(candidates), p=probs)])
+
+
+def token_logprob_and_top(
+    logits: np.ndarray, token: int, k: int
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """(logprob of `token`, top-k ids [k], their logprobs [k]) under log-softmax of raw logits."""
+    lse = float(logsumexp_rows(logits[None, :])[0])
+    top = top_k_indices(logits, k)
+    return float(logits[token]) - lse, top, logits[top].astype(np.float64) - lse

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real default model, a real engine (ring 2), a fake engine (ring 1 only)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import DEFAULT_MODEL_PATH, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The default GGUF; scripts/setup.sh puts it in place (python -m build_engine.default_model)."""
+    assert DEFAULT_MODEL_PATH.is_file(), (
+        f"{DEFAULT_MODEL_PATH} is missing: run scripts/setup.sh (or python -m build_engine.default_model)"
+    )
+    return DEFAULT_MODEL_PATH
+
+
+@pytest.fixture(scope="session")
+def engine_settings(model_path: Path) -> Settings:
+    return Settings.from_env({}, model_path=model_path, n_threads=2, n_ctx=2048, n_parallel=8)
+
+
+@pytest.fixture(scope="session")
+def engine(engine_settings: Settings):
+    """One real engine on the default model for the whole session (loading costs ~0.5 s, RAM more)."""
+    from app.engine import Engine
+
+    eng = Engine(engine_settings).start(background=False)
+    yield eng
+    eng.close()

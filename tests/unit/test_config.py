@@ -1,0 +1,26 @@
+"""Ring 1: settings come from defaults, then the environment, then overrides."""
+from pathlib import Path
+
+import pytest
+
+from app.config import DEFAULT_MODEL_PATH, Settings
+
+
+def test_defaults_serve_the_default_model():
+    s = Settings.from_env({})
+    assert s.model_path == DEFAULT_MODEL_PATH and s.n_gpu_layers == -1 and s.kv_cells == 2 * s.n_ctx
+
+
+def test_environment_then_overrides():
+    env = {"MODEL_PATH": "/m.gguf", "N_CTX": "1024", "N_GPU_LAYERS": "0", "PARSE_SPECIAL": "yes", "SEED": "7"}
+    s = Settings.from_env(env, n_ctx=512)
+    assert s.model_path == Path("/m.gguf") and s.n_ctx == 512 and s.n_gpu_layers == 0
+    assert s.parse_special is True and s.default_seed == 7
+
+
+@pytest.mark.parametrize("env, message", [({"N_CTX": "lots"}, "N_CTX"), ({"N_CTX": "4"}, "N_CTX"),
+                                          ({"FLASH_ATTN": "maybe"}, "FLASH_ATTN"), ({"PARSE_SPECIAL": "2"}, "PARSE_SPECIAL"),
+                                          ({"KV_CACHE_TOKENS": "100"}, "KV_CACHE_TOKENS")])
+def test_bad_settings_name_the_variable(env, message):
+    with pytest.raises((ValueError, AssertionError), match=message):
+        Settings.from_env(env)
