@@ -126,6 +126,7 @@ class Engine:
             "n_gpu_layers": s.n_gpu_layers if mi.gpu_offload else 0,
             "add_bos": mi.add_bos,
             "load_seconds": round(self._loaded_at or 0.0, 3),
+            **self._scheduler.load(),
             "manifest": self._manifest or None,
         }
 

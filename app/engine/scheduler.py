@@ -102,6 +102,15 @@ class Scheduler:
             job.cancelled = True
             self._cv.notify()
 
+    def load(self) -> dict[str, int]:
+        """Requests running and queued, sequences generating, prefix-cache entries (a snapshot)."""
+        return {
+            "running": len(self.jobs),
+            "queued": len(self.waiting),
+            "generating_sequences": len(self.active),
+            "prefix_cache_entries": len(self.cache),
+        }
+
     def stop(self) -> None:
         """Finish the thread: queued and running jobs fail with EngineOverloaded."""
         with self._cv:
