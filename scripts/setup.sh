@@ -15,7 +15,8 @@ fi
 # llama-cpp-python compiles llama.cpp (about 7 minutes on 2 cores); pip caches the wheel after.
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 if [ "${1:-}" = "--dev" ]; then
-    python -m pip install --quiet -r requirements-dev.txt
+    python -m pip install --quiet -r requirements-dev.txt -r requirements-helm.txt
+    python -m pip install --quiet --no-deps crfm-helm==0.5.16   # HELM's client classes, light
 else
     python -m pip install --quiet -r requirements.txt
 fi

@@ -63,7 +63,7 @@ class PrefixCache:
         return sum(len(e.tokens) for e in self.entries)
 
     def best_prefix(
-        self, prompt: Sequence[int], *, limit: int, need_top_k: int = 0
+        self, prompt: Sequence[int], *, limit: int, need_top_k: int = 0, extra: Sequence[CacheEntry] = ()
     ) -> tuple[CacheEntry | None, int]:
         """The entry sharing the longest usable prefix with `prompt`, and that length (<= limit).
 

@@ -18,7 +18,7 @@ import numpy as np
 from app.config import Settings
 from app.engine.errors import EngineError, EngineOverloaded, RequestCancelled
 from app.engine.llama import DecodeFailed, LlamaModel
-from app.engine.prefix_cache import CacheEntry, PrefixCache, Record
+from app.engine.prefix_cache import CacheEntry, PrefixCache, Record, common_prefix
 from app.engine.sampling import choose_token, log_softmax, logsumexp_rows, token_logprob_and_top, top_k_rows
 from app.engine.text import PieceDecoder, cut_tokens, find_stop, piece_texts, stop_search_start
 from app.engine.types import Completion, GenerationRequest, GenerationResult, TokenLogprob
@@ -167,6 +167,8 @@ class Scheduler:
                 if self.settings.deterministic and self.jobs:
                     return  # one request at a time
                 job = self.waiting[0]
+                if self._worth_waiting(job):
+                    return  # a running request is computing this prompt's prefix: share it soon
                 n = job.req.num_samples
                 room = self.settings.kv_cells - sum(j.need_cells for j in self.jobs)
                 if n > len(self.free_ids) + len(self.cache) or job.need_cells > room:
@@ -195,11 +197,37 @@ class Scheduler:
         self._reuse_prefix(job)
         self.jobs.append(job)
 
+    def _running_prefixes(self) -> list[CacheEntry]:
+        """The prompt part already in the KV cache of each running request, as sharable sources."""
+        return [
+            CacheEntry(seq_id=j.seqs[0].id, tokens=j.prompt[: j.n_past], records=j.records[: j.n_past])
+            for j in self.jobs
+            if j.seqs and j.n_past > 0 and not j.done.is_set()
+        ]
+
+    def _worth_waiting(self, job: Job) -> bool:
+        """True while a running request is still prefilling a prefix this job shares (>= 32 tokens)
+        beyond what is computed: admitting the job later saves recomputing that prefix."""
+        if self.settings.prefix_cache_cells <= 0:
+            return False
+        for j in self.jobs:
+            if j.prefilled or not j.seqs:
+                continue
+            shared = common_prefix(j.prompt, job.prompt)
+            if shared >= 32 and shared > j.n_past:
+                return True
+        return False
+
     def _reuse_prefix(self, job: Job) -> None:
-        """Share the longest cached prefix of the prompt instead of recomputing it."""
+        """Share the longest prefix of the prompt that is in the KV cache instead of recomputing it:
+        from the prefix cache, or from a request still running."""
+        if self.settings.prefix_cache_cells <= 0:
+            return
         k = job.req.top_k_per_token if job.req.echo_prompt else 0
         # At least the last prompt token is computed: its logits choose the first new token.
-        entry, n = self.cache.best_prefix(job.prompt, limit=len(job.prompt) - 1, need_top_k=k)
+        entry, n = self.cache.best_prefix(
+            job.prompt, limit=len(job.prompt) - 1, need_top_k=k, extra=self._running_prefixes()
+        )
         if entry is None or n <= 0:
             return
         lead = job.seqs[0]
@@ -208,7 +236,8 @@ class Scheduler:
         if k:  # echo: positions 1..n are scored by logits that are not recomputed
             for i in range(1, n + 1):
                 job.records[i] = entry.records[i].truncated(k)
-        self.cache.touch(entry)
+        if entry in self.cache.entries:
+            self.cache.touch(entry)
 
     def _build_batch(self):
         budget = self.n_batch
