@@ -1,6 +1,6 @@
 """Our server against llama.cpp's own llama-server, same GGUF, same threads, same context, one run.
 
-    python benchmarks/bench_vs_llama_server.py [--model PATH] [--threads 2] [--rows decode,helm16,mmlu4,mmlu16,gen4,score]
+    python benchmarks/bench_vs_llama_server.py [--model PATH] [--threads 2] [--rows decode64,helm16,...]
 
 llama-server is built from the llama.cpp tree vendored in the pinned llama-cpp-python sdist
 (pip download; cached in .cache/). Prints one table: wall times, ours/llama-server, peak RSS.
@@ -140,11 +140,29 @@ def request(server: Server, prompt: str, n: int, stop: list[str], greedy: bool =
     return int(_post(server.url + "/completion", body)["tokens_predicted"])
 
 
-def run_load(server: Server, jobs: list[tuple[str, int, list[str]]], clients: int) -> tuple[float, int]:
+def score(server: Server, text: str) -> int:
+    """Prompt tokens processed for one scoring request. llama-server cannot return prompt logprobs:
+    it processes the prompt and one token, its prompt-processing rate is the peer."""
+    if server.name == "ours":
+        body = {"prompt": text, "max_new_tokens": 0, "echo_prompt": True, "temperature": 1e-7, "top_k_per_token": 1}
+        return len(_post(server.url + "/process", body)["tokens"])
+    body = {"prompt": text, "n_predict": 1, "temperature": 0, "cache_prompt": False}
+    return int(_post(server.url + "/completion", body)["timings"]["prompt_n"])
+
+
+def run_load(server: Server, jobs: list[tuple], clients: int, fn=None) -> tuple[float, int]:
+    fn = fn or request
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:
-        counts = list(pool.map(lambda j: request(server, *j), jobs))
+        counts = list(pool.map(lambda j: fn(server, *j), jobs))
     return time.perf_counter() - t0, sum(counts)
+
+
+def scoring_texts(n: int, seed: int = 1) -> list[tuple[str]]:
+    """Distinct ~200-token texts (no shared prefix: nothing to reuse)."""
+    rnd = random.Random(seed)
+    words = "the of a river city model court price energy cell law number history during which".split()
+    return [(f"{i}. " + " ".join(rnd.choice(words) for _ in range(190)),) for i in range(n)]
 
 
 def mmlu_prompts(n_per_subject: int, seed: int = 0) -> list[str]:
@@ -175,20 +193,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--mmlu-per-subject", type=int, default=8)
-    ap.add_argument("--rows", default="decode,helm16,mmlu4,mmlu16,gen4")
+    ap.add_argument("--rows", default="decode64,decode128,helm16,mmlu4,mmlu16,gen4,score")
     args = ap.parse_args(argv)
     CACHE.mkdir(exist_ok=True)
     exe = build_llama_server()
     rows = args.rows.split(",")
     mmlu = mmlu_prompts(args.mmlu_per_subject)
     loads = {
-        "decode": ("single stream, 64-token greedy generation (tok/s)", [("Once upon a time", 64, [])], 1),
+        "decode64": ("single stream, 64-token greedy generation (tok/s)", [("Once upon a time", 64, [])], 1),
+        "decode128": ("single stream, 128-token greedy generation (tok/s)", [("Once upon a time", 128, [])], 1),
         "helm16": ("16 concurrent HELM generation requests (20 tokens, stop \\n)",
                    [(f"Question {i}: what is the capital of France?\nAnswer: The capital of France is", 20, ["\n"])
                     for i in range(16)], 16),
         "mmlu4": ("MMLU-shaped, 5-shot ~700 tokens, max_new_tokens 1, 4 clients", [(p, 1, []) for p in mmlu], 4),
         "mmlu16": ("MMLU-shaped, 16 clients", [(p, 1, []) for p in mmlu], 16),
         "gen4": ("generation: MMLU prefixes, 64 tokens, stop \\n\\n, 4 clients", [(p, 64, ["\n\n"]) for p in mmlu[:8]], 4),
+        "score": ("scoring: echo, max_new_tokens 0, 200-token texts, 4 clients (tok/s)", scoring_texts(16), 4),
     }
     results: dict[str, dict[str, tuple[float, int]]] = {}
     rss = {}
@@ -199,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
             request(server, "warm up", 4, [])
             for row in rows:
                 _, jobs, clients = loads[row]
-                results.setdefault(row, {})[server.name] = run_load(server, jobs, clients)
+                fn = score if row == "score" else None
+                results.setdefault(row, {})[server.name] = run_load(server, jobs, clients, fn)
             rss[server.name] = peak_rss_mib(server.proc.pid)
         finally:
             server.stop()
@@ -208,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         title = loads[row][0]
         (wo, no), (wl, nl) = results[row]["ours"], results[row]["llama-server"]
-        if row == "decode":
+        if row in ("decode64", "decode128", "score"):
             print(f"{title:<66} {no / wo:>10.1f} {nl / wl:>10.1f} {(no / wo) / (nl / wl):>10.2f}")
         else:
             print(f"{title + ' (wall s)':<66} {wo:>10.2f} {wl:>10.2f} {wo / wl:>10.2f}")
