@@ -169,17 +169,32 @@ class Scheduler:
                 job = self.waiting[0]
                 if self._worth_waiting(job):
                     return  # a running request is computing this prompt's prefix: share it soon
+                source, n_shared = self._best_source(job)
+                # Cells the job may add: the prompt beyond the shared prefix, every sample's tokens.
+                job.need_cells = len(job.prompt) - n_shared + job.req.num_samples * job.req.max_new_tokens
                 n = job.req.num_samples
                 room = self.settings.kv_cells - sum(j.need_cells for j in self.jobs)
-                if n > len(self.free_ids) + len(self.cache) or job.need_cells > room:
+                if job.need_cells > room:
                     return  # only running jobs can make room: wait for them
-                # Evict least recently used cache entries until the job's ids and cells fit.
-                while len(self.free_ids) < n or self.cache.tokens + job.need_cells > room:
-                    self._evict(self.cache.lru())
-                self.waiting.popleft()
-            self._start(job)
 
-    def _start(self, job: Job) -> None:
+                def fits() -> bool:
+                    return len(self.free_ids) >= n and self.cache.tokens + job.need_cells <= room
+
+                # Evict least recently used cache entries (the shared one last) until the job fits.
+                while not fits():
+                    victims = [e for e in self.cache.entries if e is not source]
+                    if not victims:
+                        break
+                    self._evict(min(victims, key=lambda e: e.last_used))
+                if not fits():
+                    if self.jobs or source is None or source not in self.cache.entries:
+                        return  # running jobs will free ids and cells
+                    self._evict(source)  # idle, and the shared entry itself is in the way: drop it
+                    continue
+                self.waiting.popleft()
+            self._start(job, source, n_shared)
+
+    def _start(self, job: Job, source: CacheEntry | None, n_shared: int) -> None:
         if self.settings.deterministic:
             self.model.clear()  # the same cells and extent for the same request, every time
         n = job.req.num_samples
@@ -194,7 +209,8 @@ class Scheduler:
             self.jobs.append(job)
             self._finish_job(job)  # nothing to compute
             return
-        self._reuse_prefix(job)
+        if source is not None:
+            self._share_prefix(job, source, n_shared)
         self.jobs.append(job)
 
     def _running_prefixes(self) -> list[CacheEntry]:
@@ -218,26 +234,27 @@ class Scheduler:
                 return True
         return False
 
-    def _reuse_prefix(self, job: Job) -> None:
-        """Share the longest prefix of the prompt that is in the KV cache instead of recomputing it:
-        from the prefix cache, or from a request still running."""
+    def _best_source(self, job: Job) -> tuple[CacheEntry | None, int]:
+        """The longest prefix of the prompt already in the KV cache: in the prefix cache, or in a
+        request still running; and its length (the last prompt token is always computed)."""
         if self.settings.prefix_cache_cells <= 0:
-            return
+            return None, 0
         k = job.req.top_k_per_token if job.req.echo_prompt else 0
-        # At least the last prompt token is computed: its logits choose the first new token.
-        entry, n = self.cache.best_prefix(
+        return self.cache.best_prefix(
             job.prompt, limit=len(job.prompt) - 1, need_top_k=k, extra=self._running_prefixes()
         )
-        if entry is None or n <= 0:
-            return
+
+    def _share_prefix(self, job: Job, source: CacheEntry, n: int) -> None:
+        """Make the job's lead sequence share the source's first n cells instead of recomputing them."""
         lead = job.seqs[0]
-        self.model.seq_cp(entry.seq_id, lead.id, 0, n)
+        self.model.seq_cp(source.seq_id, lead.id, 0, n)
         lead.n_past = job.n_past = job.n_cached = n
-        if k:  # echo: positions 1..n are scored by logits that are not recomputed
+        if job.req.echo_prompt:  # positions 1..n are scored by logits that are not recomputed
+            k = job.req.top_k_per_token
             for i in range(1, n + 1):
-                job.records[i] = entry.records[i].truncated(k)
-        if entry in self.cache.entries:
-            self.cache.touch(entry)
+                job.records[i] = source.records[i].truncated(k)
+        if source in self.cache.entries:
+            self.cache.touch(source)
 
     def _build_batch(self):
         budget = self.n_batch
