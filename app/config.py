@@ -29,7 +29,8 @@ class Settings:
     # KV_CACHE_TOKENS: total KV-cache cells shared by all sequences and the prefix cache;
     # 0 means 2 * n_ctx (for SmolLM2: 8192 cells, 180 MiB; a 7B model with GQA: 1 GiB).
     kv_cache_tokens: int = 0
-    # N_PARALLEL: how many sequences (samples of in-flight requests) are decoded in one batch.
+    # N_PARALLEL: the most sequences (samples of running requests) decoded together; more requests
+    # wait in the queue. As many finished sequences again may stay as prefix-cache entries.
     n_parallel: int = 8
     # N_BATCH: the token budget of one llama_decode step (prefill chunks + decode tokens).
     n_batch: int = 512
@@ -46,8 +47,9 @@ class Settings:
     # every output is bit-identical whatever the load (llama.cpp's kernels depend on the batch's
     # size and the cache's extent); costs the throughput of batching.
     deterministic: bool = False
-    # MAX_NUM_SAMPLES: the largest num_samples / num_return_sequences one request may ask for.
-    max_num_samples: int = 16
+    # MAX_NUM_SAMPLES: the largest num_samples / num_return_sequences one request may ask for
+    # (at most N_PARALLEL: a request's samples run side by side).
+    max_num_samples: int = 8
     # MAX_TOP_K_PER_TOKEN: the largest top_k_per_token one request may ask for.
     max_top_k_per_token: int = 100
     # MAX_BODY_BYTES: request bodies above this size are answered 413.
@@ -90,7 +92,9 @@ class Settings:
             f"KV_CACHE_TOKENS ({self.kv_cells}) must hold at least one full context (N_CTX={self.n_ctx})"
         )
         assert self.flash_attn in ("auto", "on", "off"), f"FLASH_ATTN must be auto/on/off, got {self.flash_attn!r}"
-        assert self.max_num_samples >= 1, f"MAX_NUM_SAMPLES must be at least 1, got {self.max_num_samples}"
+        assert 1 <= self.max_num_samples <= self.n_parallel, (
+            f"MAX_NUM_SAMPLES must be 1..N_PARALLEL ({self.n_parallel}), got {self.max_num_samples}"
+        )
         assert self.max_body_bytes >= 1024, f"MAX_BODY_BYTES must be at least 1024, got {self.max_body_bytes}"
         return self
 

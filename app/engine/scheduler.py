@@ -174,7 +174,8 @@ class Scheduler:
                 job.need_cells = len(job.prompt) - n_shared + job.req.num_samples * job.req.max_new_tokens
                 n = job.req.num_samples
                 room = self.settings.kv_cells - sum(j.need_cells for j in self.jobs)
-                if job.need_cells > room:
+                running = sum(len(j.seqs) for j in self.jobs)
+                if job.need_cells > room or running + n > self.settings.n_parallel:
                     return  # only running jobs can make room: wait for them
 
                 def fits() -> bool:

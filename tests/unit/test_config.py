@@ -20,7 +20,8 @@ def test_environment_then_overrides():
 
 @pytest.mark.parametrize("env, message", [({"N_CTX": "lots"}, "N_CTX"), ({"N_CTX": "4"}, "N_CTX"),
                                           ({"FLASH_ATTN": "maybe"}, "FLASH_ATTN"), ({"PARSE_SPECIAL": "2"}, "PARSE_SPECIAL"),
-                                          ({"KV_CACHE_TOKENS": "100"}, "KV_CACHE_TOKENS")])
+                                          ({"KV_CACHE_TOKENS": "100"}, "KV_CACHE_TOKENS"),
+                                          ({"N_PARALLEL": "2", "MAX_NUM_SAMPLES": "4"}, "MAX_NUM_SAMPLES")])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises((ValueError, AssertionError), match=message):
         Settings.from_env(env)

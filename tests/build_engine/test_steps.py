@@ -1,0 +1,98 @@
+"""Ring 1 of the build pipeline: quant names, specs, sources, manifest summary, every step's --help."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from build_engine import describe, quantize, specs
+from build_engine.errors import BuildError
+
+pytestmark = pytest.mark.build
+STEPS = ["build_engine.build", "build_engine.fetch", "build_engine.vendor", "build_engine.convert",
+         "build_engine.quantize", "build_engine.describe", "build_engine.evaluate", "build_engine.default_model"]
+
+
+@pytest.mark.parametrize("module", STEPS)
+def test_every_step_has_help(module: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(["--help"])
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_file_types_cover_the_common_levels() -> None:
+    types = quantize.file_types()
+    for name in ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_XS", "F16", "BF16", "F32"):
+        assert name in types, name
+    assert len(set(types.values())) == len(types), "two names for one llama_ftype"
+
+
+def test_quant_list_is_case_insensitive_ordered_and_deduplicated() -> None:
+    assert quantize.parse_quant_list("q8_0, Q4_K_M,q8_0") == ["Q8_0", "Q4_K_M"]
+
+
+def test_unknown_quant_is_an_error_listing_the_valid_ones() -> None:
+    with pytest.raises(BuildError) as err:
+        quantize.parse_quant_list("Q4_K_M,Q9_X")
+    msg = str(err.value)
+    assert "Q9_X" in msg and "Q4_K_M" in msg and "IQ4_XS" in msg and "BF16" in msg
+
+
+def test_unknown_quant_on_the_command_line_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from build_engine.build import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(tmp_path), "--quant", "Q3_Z", "--out", str(tmp_path / "out")])
+    assert "unknown quantization type Q3_Z" in str(exit_.value.code)
+    assert not (tmp_path / "out").exists(), "nothing is written before the arguments are valid"
+
+
+@pytest.mark.parametrize("name", specs.list_specs())
+def test_specs_are_complete_and_pinned(name: str) -> None:
+    spec = specs.load_spec(name)
+    assert spec["name"] == name
+    assert specs.COMMIT.match(spec["revision"]), spec["revision"]
+    assert specs.HUB_ID.match(spec["hub_id"]), spec["hub_id"]
+    assert spec["recommended_quant"] in quantize.file_types()
+    assert spec["n_ctx"] > 0 and spec["license"] and spec["description"]
+
+
+def test_spec_names_include_the_contestant_starting_points() -> None:
+    assert {"mistral-7b", "smollm2-135m-instruct"} <= set(specs.list_specs())
+    assert len(specs.list_specs()) >= 4
+
+
+def test_resolve_source_by_spec_name_hub_id_and_folder(tmp_path: Path) -> None:
+    by_name = specs.resolve_source("mistral-7b")
+    assert by_name.hub_id == "mistralai/Mistral-7B-v0.1" and by_name.revision == by_name.spec["revision"]
+    assert specs.resolve_source("mistral-7b", revision="main").revision == "main"
+    by_id = specs.resolve_source("acme/My-Model_v2")
+    assert (by_id.hub_id, by_id.revision, by_id.name) == ("acme/My-Model_v2", "main", "my-model_v2")
+    local = specs.resolve_source(str(tmp_path))
+    assert local.local_dir == tmp_path.resolve() and local.hub_id is None
+
+
+def test_a_missing_folder_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "ckpt"
+    with pytest.raises(BuildError, match=f"checkpoint folder {missing} does not exist"):
+        specs.resolve_source(str(missing))
+
+
+def test_a_file_is_not_a_checkpoint_folder(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(BuildError, match="is a file"):
+        specs.resolve_source(str(tmp_path / "model.safetensors"))
+
+
+def test_health_summary_picks_the_served_engine() -> None:
+    manifest = {"name": "smol", "source": {"id": "acme/smol", "revision": "a" * 40},
+                "model": {"n_params": 135, "n_ctx_train": 8192},
+                "engines": {"Q8_0": {"file": "smol-Q8_0.gguf", "quant": "Q8_0", "sha256": "x", "size_bytes": 1}},
+                "quality": {"rows": {"Q8_0": {"ppl": 10.0}}}}
+    got = describe.health_summary(manifest, "smol-Q8_0.gguf")
+    assert got["quant"] == "Q8_0" and got["revision"] == "a" * 40 and got["quality"] == {"ppl": 10.0}
+    assert describe.health_summary(manifest, "other.gguf") == {"manifest": False}
+    json.dumps(got)  # what /health sends must be JSON
