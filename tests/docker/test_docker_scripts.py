@@ -302,10 +302,11 @@ def runtime_server(image_venv: ImageVenv, image_root: Path):
     if os.geteuid() == 0:
         uid, _, gid = image.user.partition(":")
         os.chown(home, int(uid), int(gid or uid))
-    env = dict(os.environ)
-    env.pop("VIRTUAL_ENV", None)
+    # A container starts with the image's ENV and HOME, not this process's environment: no setting
+    # (MODEL_PATH, N_CTX, ...) leaks in from the machine running the test.
+    env = {k: v for k, v in os.environ.items() if k in {"LANG", "LC_ALL", "TZ"}}
     env.update(image.env)
-    env.update({"HOME": str(home), "N_THREADS": "2", "N_PARALLEL": "2"})  # This machine's size, not a GPU box's.
+    env["HOME"] = str(home)
     log = open(image.root / "gunicorn.log", "w")
     proc = subprocess.Popen(image.as_user(image.cmd), cwd=image.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
