@@ -193,47 +193,65 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--mmlu-per-subject", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row and server; the fastest counts")
     ap.add_argument("--rows", default="decode64,decode128,helm16,mmlu4,mmlu16,gen4,score")
     args = ap.parse_args(argv)
     CACHE.mkdir(exist_ok=True)
     exe = build_llama_server()
     rows = args.rows.split(",")
-    mmlu = mmlu_prompts(args.mmlu_per_subject)
-    loads = {
-        "decode64": ("single stream, 64-token greedy generation (tok/s)", [("Once upon a time", 64, [])], 1),
-        "decode128": ("single stream, 128-token greedy generation (tok/s)", [("Once upon a time", 128, [])], 1),
-        "helm16": ("16 concurrent HELM generation requests (20 tokens, stop \\n)",
-                   [(f"Question {i}: what is the capital of France?\nAnswer: The capital of France is", 20, ["\n"])
-                    for i in range(16)], 16),
-        "mmlu4": ("MMLU-shaped, 5-shot ~700 tokens, max_new_tokens 1, 4 clients", [(p, 1, []) for p in mmlu], 4),
-        "mmlu16": ("MMLU-shaped, 16 clients", [(p, 1, []) for p in mmlu], 16),
-        "gen4": ("generation: MMLU prefixes, 64 tokens, stop \\n\\n, 4 clients", [(p, 64, ["\n\n"]) for p in mmlu[:8]], 4),
-        "score": ("scoring: echo, max_new_tokens 0, 200-token texts, 4 clients (tok/s)", scoring_texts(16), 4),
-    }
-    results: dict[str, dict[str, tuple[float, int]]] = {}
-    rss = {}
-    for make in (lambda: llama_server(exe, args.model, args.threads, args.n_ctx, args.parallel),
-                 lambda: ours(args.model, args.threads, args.n_ctx, args.parallel)):
-        server = make()
-        try:
+
+    def loads_for(rep: int) -> dict:
+        """The loads of one repetition; each gets new few-shot prefixes, so no cache starts warm."""
+        mmlu = mmlu_prompts(args.mmlu_per_subject, seed=rep)
+        return {
+            "decode64": ("single stream, 64-token greedy generation (tok/s)", [("Once upon a time", 64, [])], 1),
+            "decode128": ("single stream, 128-token greedy generation (tok/s)", [("Once upon a time", 128, [])], 1),
+            "helm16": ("16 concurrent HELM generation requests (20 tokens, stop \\n)",
+                       [(f"Question {i}: what is the capital of France?\nAnswer: The capital of France is", 20, ["\n"])
+                        for i in range(16)], 16),
+            "mmlu4": ("MMLU-shaped, 5-shot ~700 tokens, max_new_tokens 1, 4 clients", [(p, 1, []) for p in mmlu], 4),
+            "mmlu16": ("MMLU-shaped, 16 clients", [(p, 1, []) for p in mmlu], 16),
+            "gen4": ("generation: MMLU prefixes, 64 tokens, stop \\n\\n, 4 clients", [(p, 64, ["\n\n"]) for p in mmlu[:8]], 4),
+            "score": ("scoring: echo, max_new_tokens 0, 200-token texts, 4 clients (tok/s)",
+                      scoring_texts(16, seed=rep + 1), 4),
+        }
+    # Both servers up at once; each row runs on one, then the other, `--repeat` times, and the
+    # fastest run counts: load from elsewhere on the machine hits both alike and is filtered out.
+    servers = [llama_server(exe, args.model, args.threads, args.n_ctx, args.parallel)]
+    try:
+        servers.append(ours(args.model, args.threads, args.n_ctx, args.parallel))
+        for server in servers:
             request(server, "warm up", 4, [])
-            for row in rows:
-                _, jobs, clients = loads[row]
-                fn = score if row == "score" else None
-                results.setdefault(row, {})[server.name] = run_load(server, jobs, clients, fn)
-            rss[server.name] = peak_rss_mib(server.proc.pid)
-        finally:
+        # Both have 2 * n_ctx unified f16 cells; our /health states their size.
+        kv = requests.get(servers[1].url + "/health", timeout=5).json()["kv_cache_bytes"] / 2**20
+        results: dict[str, dict[str, tuple[float, int]]] = {}
+        for row in rows:
+            fn = score if row == "score" else None
+            for rep in range(args.repeat):
+                _, jobs, clients = loads_for(rep)[row]
+                for server in servers:
+                    got = run_load(server, jobs, clients, fn)
+                    best = results.setdefault(row, {}).get(server.name)
+                    if best is None or got[0] < best[0]:
+                        results[row][server.name] = got
+        rss = {server.name: peak_rss_mib(server.proc.pid) for server in servers}
+    finally:
+        for server in servers:
             server.stop()
-    print(f"\nmodel {args.model.name}, {args.threads} threads, n_ctx {args.n_ctx}, {args.parallel} parallel sequences")
+    print(f"\nmodel {args.model.name}, {args.threads} threads, n_ctx {args.n_ctx}, {args.parallel} parallel sequences, "
+          f"best of {args.repeat}")
     print(f"{'load':<66} {'ours':>10} {'llama-srv':>10} {'ours/llama':>10}")
     for row in rows:
-        title = loads[row][0]
+        title = loads_for(0)[row][0]
         (wo, no), (wl, nl) = results[row]["ours"], results[row]["llama-server"]
         if row in ("decode64", "decode128", "score"):
             print(f"{title:<66} {no / wo:>10.1f} {nl / wl:>10.1f} {(no / wo) / (nl / wl):>10.2f}")
         else:
             print(f"{title + ' (wall s)':<66} {wo:>10.2f} {wl:>10.2f} {wo / wl:>10.2f}")
     print(f"{'peak RSS (MiB)':<66} {rss['ours']:>10.0f} {rss['llama-server']:>10.0f} {rss['ours'] / rss['llama-server']:>10.2f}")
+    gguf = args.model.stat().st_size / 2**20
+    print(f"RSS budget: GGUF {gguf:.0f} MiB + KV cache {kv:.0f} MiB + 250 MiB = {gguf + kv + 250:.0f} MiB; "
+          f"ours uses {rss['ours']:.0f} MiB")
     print(json.dumps({"results": results, "peak_rss_mib": rss}))
 
 

@@ -119,6 +119,7 @@ class Engine:
             "n_ctx": s.n_ctx,
             "n_ctx_train": mi.n_ctx_train,
             "kv_cache_tokens": s.kv_cells,
+            "kv_cache_bytes": s.kv_cells * mi.kv_bytes_per_cell,
             "n_parallel": s.n_parallel,
             "n_batch": s.n_batch,
             "n_threads": s.threads,

@@ -45,6 +45,7 @@ class ModelInfo:
     add_bos: bool
     bos: int
     gpu_offload: bool
+    kv_bytes_per_cell: int  # f16 K and V over all layers (an estimate: head size = n_embd / n_head)
 
 
 class LlamaModel:
@@ -135,7 +136,14 @@ class LlamaModel:
             add_bos=bool(llama_cpp.llama_vocab_get_add_bos(self.vocab)),
             bos=int(llama_cpp.llama_vocab_bos(self.vocab)),
             gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+            kv_bytes_per_cell=self._kv_bytes_per_cell(),
         )
+
+    def _kv_bytes_per_cell(self) -> int:
+        m = self.model
+        head_dim = llama_cpp.llama_model_n_embd(m) // max(1, llama_cpp.llama_model_n_head(m))
+        # K and V (2) x layers x KV heads x head size x 2 bytes (f16)
+        return 2 * llama_cpp.llama_model_n_layer(m) * llama_cpp.llama_model_n_head_kv(m) * head_dim * 2
 
     def start_token(self) -> int:
         """The token that opens a document: BOS where the model adds it, else end-of-text, else EOS."""
@@ -150,9 +158,10 @@ class LlamaModel:
     # ---- compute (scheduler thread only) ----
 
     def decode(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray, want: np.ndarray) -> np.ndarray:
-        """Run one batch; returns logits [n_wanted, n_vocab] (float32, a copy) for rows with want=True.
+        """Run one batch; returns logits [n_wanted, n_vocab] (float32) for rows with want=True.
 
-        tokens, pos, seq: int32 [n]; want: bool [n]. Rows come back in batch order.
+        tokens, pos, seq: int32 [n]; want: bool [n]. Rows come back in batch order. The array is a
+        view of llama.cpp's output buffer where possible: valid until the next decode, no copy.
         """
         n = len(tokens)
         assert 0 < n <= self.n_batch, f"batch of {n} tokens, the context takes 1..{self.n_batch}"
@@ -174,7 +183,7 @@ class LlamaModel:
             ctypes.cast(base, ctypes.POINTER(ctypes.c_float)), shape=(len(rows), self.n_vocab)
         )
         if first == base and self._in_order(rows, base):
-            return all_logits.copy()
+            return all_logits
         # Outputs were reordered inside llama.cpp: gather row by row through llama_get_logits_ith.
         return np.stack([self._row(int(r)) for r in rows])
 

@@ -341,16 +341,18 @@ class Scheduler:
     def _score_prompt(self, job: Job, rows: list[tuple[int, int]], logits: np.ndarray) -> None:
         last = len(job.prompt) - 1
         k = job.req.top_k_per_token
-        echo = [(p, r) for p, r in rows if p < last]
-        if echo and job.req.echo_prompt:
-            idx = np.array([r for _, r in echo])
-            targets = np.array([job.prompt[p + 1] for p, _ in echo])
-            block = logits[idx]  # [m, n_vocab]
+        echo = [(p, r) for p, r in rows if p < last] if job.req.echo_prompt else []
+        # Logprob and top-k of the next prompt token at each position, 64 rows at a time (bounded
+        # temporaries: 64 x n_vocab floats, whatever the prompt's length).
+        for c in range(0, len(echo), 64):
+            part = echo[c : c + 64]
+            block = logits[[r for _, r in part]]  # [m, n_vocab]
+            targets = np.array([job.prompt[p + 1] for p, _ in part])
             lse = logsumexp_rows(block)
-            lp = block[np.arange(len(idx)), targets].astype(np.float64) - lse
+            lp = block[np.arange(len(part)), targets].astype(np.float64) - lse
             top = top_k_rows(block, k)  # [m, k] ids, best first
             top_lp = np.take_along_axis(block, top, axis=1).astype(np.float64) - lse[:, None]
-            for j, (p, _) in enumerate(echo):
+            for j, (p, _) in enumerate(part):
                 job.records[p + 1] = Record(float(lp[j]), top[j], top_lp[j])
         for p, r in rows:
             if p == last:
