@@ -188,7 +188,8 @@ class Engine:
 
 
 def _read_manifest(settings: Settings) -> dict[str, Any]:
-    """Key facts of models/<name>/manifest.json beside the GGUF, when build_engine wrote one."""
+    """Key facts of the engine being served, from models/<name>/manifest.json beside the GGUF
+    (written by build_engine; its "engines" hold one entry per quant level)."""
     path = settings.model_path.parent / "manifest.json"
     if not path.is_file():
         return {}
@@ -197,5 +198,20 @@ def _read_manifest(settings: Settings) -> dict[str, Any]:
     except (OSError, ValueError):
         log.warning("could not read %s", path)
         return {}
-    keys = ("name", "source", "revision", "quant", "llama_cpp_python_version", "built_at")
-    return {k: manifest[k] for k in keys if k in manifest}
+    served = settings.model_path.resolve().name  # Docker serves model.gguf, a link to NAME-QUANT.gguf
+    engine = next((e for e in manifest.get("engines", {}).values() if e.get("file") == served), None)
+    if engine is None:
+        return {}
+    source = manifest.get("source", {})
+    return {
+        "name": manifest.get("name"),
+        "source": source.get("id"),
+        "revision": source.get("revision"),
+        "quant": engine.get("quant"),
+        "sha256": engine.get("sha256"),
+        "size_bytes": engine.get("size_bytes"),
+        "llama_cpp_python": manifest.get("versions", {}).get("llama-cpp-python"),
+        "llama_cpp_commit": manifest.get("converter", {}).get("llama_cpp_commit"),
+        "built_at": engine.get("built_at"),
+        "quality": manifest.get("quality", {}).get("rows", {}).get(engine.get("quant")),
+    }

@@ -128,7 +128,7 @@ class LlamaModel:
         return ModelInfo(
             name=self._meta("general.name") or path.stem,
             description=desc,
-            file_type=desc.rsplit(" ", 1)[-1],
+            file_type=_file_type_name(self._meta("general.file_type")),
             n_params=int(llama_cpp.llama_model_n_params(self.model)),
             size_bytes=int(llama_cpp.llama_model_size(self.model)),
             n_vocab=self.n_vocab,
@@ -219,6 +219,19 @@ class LlamaModel:
             llama_cpp.llama_free(self.ctx)
             llama_cpp.llama_model_free(self.model)
             self.ctx = None
+
+
+def _file_type_name(raw: str | None) -> str:
+    """general.file_type (an enum llama_ftype value) as its name: 15 -> "Q4_K_M"."""
+    names = {
+        getattr(llama_cpp, n): n.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+        for n in dir(llama_cpp)
+        if n.startswith("LLAMA_FTYPE_") and n != "LLAMA_FTYPE_GUESSED"
+    }
+    try:
+        return names.get(int(raw), f"ftype {raw}") if raw is not None else "unknown"
+    except ValueError:
+        return f"ftype {raw}"
 
 
 class DecodeFailed(EngineError):

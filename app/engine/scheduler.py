@@ -25,6 +25,10 @@ from app.engine.types import Completion, GenerationRequest, GenerationResult, To
 
 log = logging.getLogger(__name__)
 
+# Most logits rows one step asks for. Echo scoring wants a row per prompt token; each row is
+# n_vocab floats in llama.cpp's output buffer (128 x 49152 x 4 B = 24 MiB, not 96 MiB at 512).
+OUTPUTS_PER_STEP = 128
+
 
 @dataclass(eq=False)
 class Job:
@@ -258,7 +262,10 @@ class Scheduler:
             self.cache.touch(source)
 
     def _build_batch(self):
+        """One step: a token for every generating sequence, then prompt chunks, oldest job first,
+        within N_BATCH tokens and OUTPUTS_PER_STEP logits rows."""
         budget = self.n_batch
+        outputs = OUTPUTS_PER_STEP
         tokens: list[int] = []
         pos: list[int] = []
         seq: list[int] = []
@@ -271,6 +278,7 @@ class Scheduler:
             want.append(True)
             owners.append(("gen", s))
         budget -= len(tokens)
+        outputs -= len(tokens)
         for job in self.jobs:
             if budget <= 0:
                 break
@@ -278,19 +286,24 @@ class Scheduler:
                 continue
             lead = job.seqs[0]
             start = job.n_past
-            take = min(budget, len(job.prompt) - start)
             last = len(job.prompt) - 1
-            for p in range(start, start + take):
+            p = start
+            while p < len(job.prompt) and budget > 0:
                 # Logits at p score prompt[p+1] (echo) or choose the first new token (p == last).
                 need = (job.req.echo_prompt and p < last) or (p == last and job.req.max_new_tokens > 0)
+                if need and outputs <= 0:
+                    break  # the rest of this prompt waits for the next step
                 tokens.append(job.prompt[p])
                 pos.append(p)
                 seq.append(lead.id)
                 want.append(need)
                 if need:
                     owners.append(("prompt", job, p))
-            owners.append(("advance", job, start + take))
-            budget -= take
+                    outputs -= 1
+                budget -= 1
+                p += 1
+            if p > start:
+                owners.append(("advance", job, p))
         if not tokens:
             return None
         return (
