@@ -5,26 +5,19 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
+
+from build_engine.files import sha256_file, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = ROOT / "models" / "specs" / "smollm2-135m-instruct.json"
-
-
-def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch_prebuilt(*, spec_path: Path = DEFAULT_SPEC, models_dir: Path = ROOT / "models") -> Path:
@@ -56,12 +49,38 @@ def fetch_prebuilt(*, spec_path: Path = DEFAULT_SPEC, models_dir: Path = ROOT / 
     return out
 
 
+def describe_prebuilt(*, gguf: Path, spec: dict) -> Path:
+    """Write models/<name>/manifest.json for a prebuilt GGUF, in the shape build_engine.build writes."""
+    from build_engine import describe
+
+    pre = spec["prebuilt"]
+    quant = spec["recommended_quant"]
+    mtime = datetime.fromtimestamp(gguf.stat().st_mtime, timezone.utc)
+    manifest = describe.read_manifest(gguf.parent)
+    manifest.update({
+        "name": spec["name"],
+        "source": {"kind": "pypi-wheel", "id": f"{pre['pypi_package']}=={pre['pypi_version']}", "revision": None,
+                   "member": pre["member"], "hub_id": spec["hub_id"]},
+        "spec": spec,
+        "model": describe.gguf_facts(gguf),
+        "engines": {quant: {"file": gguf.name, "quant": quant, "sha256": pre["sha256"],
+                            "size_bytes": gguf.stat().st_size,
+                            "built_at": mtime.isoformat(timespec="seconds")}},
+        "versions": describe.versions(),
+    })
+    path = gguf.parent / describe.MANIFEST
+    write_json_atomic(path, manifest)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="model spec JSON with a 'prebuilt' section")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="where models/<name>/ lives")
     args = parser.parse_args(argv)
-    print(fetch_prebuilt(spec_path=args.spec, models_dir=args.models_dir))
+    gguf = fetch_prebuilt(spec_path=args.spec, models_dir=args.models_dir)
+    describe_prebuilt(gguf=gguf, spec=json.loads(args.spec.read_text()))
+    print(gguf)
 
 
 if __name__ == "__main__":

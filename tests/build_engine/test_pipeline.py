@@ -77,7 +77,8 @@ def test_a_rerun_reuses_finished_steps_and_adds_one_level(built: tuple[Path, dic
 
     real_quantize, real_evaluate = build_mod.quantize.quantize, build_mod.evaluate.evaluate
     monkeypatch.setattr(build_mod, "convert", no_convert)
-    monkeypatch.setattr(build_mod.quantize, "quantize", lambda **kw: quantized.append(kw["qtype"]) or real_quantize(**kw))
+    monkeypatch.setattr(build_mod.quantize, "quantize",
+                        lambda **kw: quantized.append(kw["qtype"]) or real_quantize(**kw))
     monkeypatch.setattr(build_mod.evaluate, "evaluate",
                         lambda **kw: evaluated.append([p.name for p in kw["engines"]]) or real_evaluate(**kw))
     manifest = build(model=str(hf_checkpoint), quants=[*QUANTS, "Q5_K_M"], out=out, **EVAL)
@@ -106,9 +107,11 @@ def test_intermediate_files_can_be_removed(built: tuple[Path, dict], hf_checkpoi
 
 def test_a_full_disk_is_refused_before_writing(hf_checkpoint: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("build_engine.files.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 2**20, 2**20))
+    one_mib_free = shutil._ntuple_diskusage(10**12, 10**12 - 2**20, 2**20)  # total, used, free bytes
+    monkeypatch.setattr("build_engine.files.shutil.disk_usage", lambda path: one_mib_free)
     out = tmp_path / "smol"
-    with pytest.raises(BuildError, match=f"not enough disk space in {out} for smol-BF16.gguf: need .* MiB, 1.0 MiB free"):
+    expected = f"not enough disk space in {out} for smol-BF16.gguf: need .* MiB, 1.0 MiB free"
+    with pytest.raises(BuildError, match=expected):
         build(model=str(hf_checkpoint), quants=["Q8_0"], out=out, run_eval=False)
     assert not list(out.glob("*.gguf*"))
 

@@ -12,7 +12,8 @@ from build_engine.errors import BuildError
 
 pytestmark = pytest.mark.build
 STEPS = ["build_engine.build", "build_engine.fetch", "build_engine.vendor", "build_engine.convert",
-         "build_engine.quantize", "build_engine.describe", "build_engine.evaluate", "build_engine.default_model"]
+         "build_engine.quantize", "build_engine.imatrix", "build_engine.describe", "build_engine.evaluate",
+         "build_engine.default_model"]
 
 
 @pytest.mark.parametrize("module", STEPS)
@@ -96,3 +97,24 @@ def test_health_summary_picks_the_served_engine() -> None:
     assert got["quant"] == "Q8_0" and got["revision"] == "a" * 40 and got["quality"] == {"ppl": 10.0}
     assert describe.health_summary(manifest, "other.gguf") == {"manifest": False}
     json.dumps(got)  # what /health sends must be JSON
+
+
+def test_a_converter_tree_with_parts_missing_is_named(tmp_path: Path) -> None:
+    from build_engine import vendor
+
+    tree = tmp_path / "9.9.9" / "llama.cpp"
+    tree.mkdir(parents=True)
+    (tree / "convert_hf_to_gguf.py").write_text("")
+    (tmp_path / "9.9.9" / "COMPLETE").write_text("0" * 64)
+    with pytest.raises(BuildError, match=r"lacks conversion/, gguf-py/, LICENSE; delete .* to extract the sdist again"):
+        vendor.ensure_converter(cache=tmp_path, version="9.9.9")
+
+
+def test_the_llama_cpp_commit_comes_from_the_changelog() -> None:
+    from build_engine.vendor import _changelog_commit
+
+    changelog = "## [Unreleased]\n\n## [0.3.36]\n\n- feat: update llama.cpp to ggml-org/llama.cpp@0c1e57098\n\n" \
+                "## [0.3.35]\n\n- feat: update llama.cpp to ggml-org/llama.cpp@4df29be4f\n"
+    assert _changelog_commit(changelog, "0.3.36") == "0c1e57098"
+    assert _changelog_commit(changelog, "0.3.35") == "4df29be4f"  # the last section too
+    assert _changelog_commit(changelog, "0.3.34") is None
