@@ -9,7 +9,7 @@
 #   docker run --gpus all -p 8080:80 llm-eval
 #
 # Every RUN step calls a script under docker/; CI runs the same scripts (BACKEND=cpu) in tests/docker/.
-# See docs/docker.md.
+# See the Docker section of README.md.
 
 # BACKEND picks the pair of base images below: cuda (Ubuntu + CUDA) or cpu (slim Debian + Python).
 ARG BACKEND=cuda
