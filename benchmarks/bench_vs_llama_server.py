@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
             "decode64": ("single stream, 64-token greedy generation (tok/s)", [("Once upon a time", 64, [])], 1),
             "decode128": ("single stream, 128-token greedy generation (tok/s)", [("Once upon a time", 128, [])], 1),
             "helm16": ("16 concurrent HELM generation requests (20 tokens, stop \\n)",
-                       [(f"Question {i}: what is the capital of France?\nAnswer: The capital of France is", 20, ["\n"])
+                       [(f"Quiz {rep}, question {i}: what is the capital of France?\nAnswer: The capital of France is",
+                         20, ["\n"])
                         for i in range(16)], 16),
             "mmlu4": ("MMLU-shaped, 5-shot ~700 tokens, max_new_tokens 1, 4 clients", [(p, 1, []) for p in mmlu], 4),
             "mmlu16": ("MMLU-shaped, 16 clients", [(p, 1, []) for p in mmlu], 16),

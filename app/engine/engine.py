@@ -1,6 +1,7 @@
 """The engine: the one object the HTTP layer talks to. It owns the model and its scheduler."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import secrets
@@ -34,6 +35,7 @@ class Engine:
         self._load_error: str | None = None
         self._loaded_at: float | None = None
         self._manifest: dict[str, Any] = {}
+        self._numbers = itertools.count()  # request serial numbers
 
     # ---- lifecycle ----
 
@@ -168,6 +170,7 @@ class Engine:
             )
         seed = req.seed if req.seed is not None else self.settings.default_seed
         job = Job(
+            number=next(self._numbers),
             req=req,
             prompt=prompt,
             n_hidden=1 if model.info.add_bos else 0,

@@ -27,6 +27,9 @@ class CacheEntry:
     seq_id: int
     tokens: list[int]
     records: list[Record | None]  # records[i] scores tokens[i]; None where never computed
+    origin: int = -1  # number of the request that computed this sequence
+    parent: int | None = None  # number of the request whose cells it shares a prefix of
+    n_shared: int = 0  # length of that shared prefix
     last_used: float = field(default_factory=time.monotonic)
 
     def scored_prefix(self, k: int) -> int:
@@ -59,8 +62,10 @@ class PrefixCache:
 
     @property
     def tokens(self) -> int:
-        """Cells the entries may hold (an upper bound: entries can share cells)."""
-        return sum(len(e.tokens) for e in self.entries)
+        """KV cells the entries hold. An entry made by sharing its parent's first cells
+        (llama_memory_seq_cp) adds only the rest while that parent is cached too."""
+        origins = {e.origin for e in self.entries}
+        return sum(len(e.tokens) - (e.n_shared if e.parent in origins else 0) for e in self.entries)
 
     def best_prefix(
         self, prompt: Sequence[int], *, limit: int, need_top_k: int = 0, extra: Sequence[CacheEntry] = ()

@@ -34,6 +34,7 @@ OUTPUTS_PER_STEP = 128
 class Job:
     """One request: its prompt tokens, its samples, and where its answer goes."""
 
+    number: int  # a serial number (prefix-cache lineage)
     req: GenerationRequest
     prompt: list[int]  # token ids the model sees, BOS included where the model adds one
     n_hidden: int  # leading prompt tokens not shown in echo (BOS)
@@ -43,6 +44,7 @@ class Job:
     seqs: list["Seq"] = field(default_factory=list)
     n_past: int = 0  # prompt tokens of the lead sequence already in the KV cache
     n_cached: int = 0  # of which came from the prefix cache
+    parent: int | None = None  # number of the request whose cells the prompt's prefix shares
     records: list[Record | None] = field(default_factory=list)  # echo: record of prompt[i] at [i]
     done: threading.Event = field(default_factory=threading.Event)
     result: GenerationResult | None = None
@@ -221,7 +223,7 @@ class Scheduler:
     def _running_prefixes(self) -> list[CacheEntry]:
         """The prompt part already in the KV cache of each running request, as sharable sources."""
         return [
-            CacheEntry(seq_id=j.seqs[0].id, tokens=j.prompt[: j.n_past], records=j.records[: j.n_past])
+            CacheEntry(seq_id=j.seqs[0].id, tokens=j.prompt[: j.n_past], records=j.records[: j.n_past], origin=j.number)
             for j in self.jobs
             if j.seqs and j.n_past > 0 and not j.done.is_set()
         ]
@@ -254,6 +256,7 @@ class Scheduler:
         lead = job.seqs[0]
         self.model.seq_cp(source.seq_id, lead.id, 0, n)
         lead.n_past = job.n_past = job.n_cached = n
+        job.parent = source.origin
         if job.req.echo_prompt:  # positions 1..n are scored by logits that are not recomputed
             k = job.req.top_k_per_token
             for i in range(1, n + 1):
@@ -445,7 +448,9 @@ class Scheduler:
             if keep and s.index == 0 and self.settings.prefix_cache_cells > 0 and s.n_past > 0:
                 tokens = job.prompt[: min(s.n_past, len(job.prompt))] + s.gen[: max(0, s.n_past - len(job.prompt))]
                 records = job.records[: len(job.prompt)] + list(s.gen_records)
-                for dropped in self.cache.add(CacheEntry(seq_id=s.id, tokens=tokens, records=records[: len(tokens)])):
+                entry = CacheEntry(seq_id=s.id, tokens=tokens, records=records[: len(tokens)], origin=job.number,
+                                   parent=job.parent, n_shared=job.n_cached)
+                for dropped in self.cache.add(entry):
                     self._free(dropped.seq_id)
             else:
                 self._free(s.id)

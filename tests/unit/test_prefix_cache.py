@@ -43,3 +43,13 @@ def test_prefix_entries_merge_and_budget_evicts_lru():
     assert [d.seq_id for d in c.add(CacheEntry(2, [1, 2], [None] * 2))] == [2]  # redundant
     dropped = c.add(CacheEntry(3, [7, 8, 9, 10], [None] * 4))  # 9 tokens > 8: LRU goes
     assert [d.seq_id for d in dropped] == [1] and len(c) == 1
+
+
+def test_cells_shared_with_a_cached_parent_count_once():
+    c = PrefixCache(budget_tokens=1000)
+    c.add(CacheEntry(0, list(range(100)), [None] * 100, origin=1))
+    # Request 2 shared request 1's first 90 cells, then computed 20 of its own.
+    c.add(CacheEntry(1, list(range(90)) + [500 + i for i in range(20)], [None] * 110, origin=2, parent=1, n_shared=90))
+    assert c.tokens == 100 + 20
+    c.remove(c.entries[0])  # the parent goes: its shared cells now belong to the child alone
+    assert c.tokens == 110
