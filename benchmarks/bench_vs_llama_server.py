@@ -212,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
                         for i in range(16)], 16),
             "mmlu4": ("MMLU-shaped, 5-shot ~700 tokens, max_new_tokens 1, 4 clients", [(p, 1, []) for p in mmlu], 4),
             "mmlu16": ("MMLU-shaped, 16 clients", [(p, 1, []) for p in mmlu], 16),
-            "gen4": ("generation: MMLU prefixes, 64 tokens, stop \\n\\n, 4 clients", [(p, 64, ["\n\n"]) for p in mmlu[:8]], 4),
+            # Fresh 5-shot prefixes of the MMLU shape (nothing cached from the MMLU rows), 4 subjects.
+            "gen4": ("generation: 5-shot prefixes + question, 64 tokens, stop \\n\\n, 4 clients",
+                     [(p, 64, ["\n\n"]) for p in mmlu_prompts(4, seed=100 + rep)], 4),
             "score": ("scoring: echo, max_new_tokens 0, 200-token texts, 4 clients (tok/s)",
                       scoring_texts(16, seed=rep + 1), 4),
         }

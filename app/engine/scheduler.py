@@ -362,7 +362,9 @@ class Scheduler:
         # temporaries: 64 x n_vocab floats, whatever the prompt's length).
         for c in range(0, len(echo), 64):
             part = echo[c : c + 64]
-            block = logits[[r for _, r in part]]  # [m, n_vocab]
+            r0, r1 = part[0][1], part[-1][1] + 1
+            # A job's rows are contiguous in the batch: a slice is a view, not a 64 x n_vocab copy.
+            block = logits[r0:r1] if r1 - r0 == len(part) else logits[[r for _, r in part]]  # [m, n_vocab]
             targets = np.array([job.prompt[p + 1] for p, _ in part])
             lse = logsumexp_rows(block)
             lp = block[np.arange(len(part)), targets].astype(np.float64) - lse
