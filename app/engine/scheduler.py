@@ -165,16 +165,16 @@ class Scheduler:
             self._fail(job, RequestCancelled("the client disconnected"))
 
     def _admit(self) -> None:
-        """Move waiting jobs in while sequence ids and KV cells allow, oldest first."""
+        """Move waiting jobs in while sequence ids and KV cells allow, oldest first. A job whose
+        prompt prefix a running request is still computing steps aside (it will share that prefix
+        soon) and lets the jobs behind it go first."""
         while True:
             with self._cv:
-                if not self.waiting:
-                    return
                 if self.settings.deterministic and self.jobs:
                     return  # one request at a time
-                job = self.waiting[0]
-                if self._worth_waiting(job):
-                    return  # a running request is computing this prompt's prefix: share it soon
+                job = next((j for j in self.waiting if not self._worth_waiting(j)), None)
+                if job is None:
+                    return
                 source, n_shared = self._best_source(job)
                 # Cells the job may add: the prompt beyond the shared prefix, every sample's tokens.
                 job.need_cells = len(job.prompt) - n_shared + job.req.num_samples * job.req.max_new_tokens
@@ -198,7 +198,7 @@ class Scheduler:
                         return  # running jobs will free ids and cells
                     self._evict(source)  # idle, and the shared entry itself is in the way: drop it
                     continue
-                self.waiting.popleft()
+                self.waiting.remove(job)
             self._start(job, source, n_shared)
 
     def _start(self, job: Job, source: CacheEntry | None, n_shared: int) -> None:
