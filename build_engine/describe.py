@@ -84,30 +84,6 @@ def read_manifest(folder: Path) -> dict:
     return {"manifest_version": MANIFEST_VERSION, "engines": {}, "quality": {}}
 
 
-def health_summary(manifest: dict, engine_file: str) -> dict:
-    """The manifest's key facts for the engine file a server loads (what /health reports)."""
-    engine = next((e for e in manifest.get("engines", {}).values() if e.get("file") == engine_file), None)
-    if engine is None:
-        return {"manifest": False}
-    source = manifest.get("source", {})
-    model = manifest.get("model", {})
-    return {
-        "manifest": True,
-        "name": manifest.get("name"),
-        "source": source.get("id"),
-        "revision": source.get("revision"),
-        "quant": engine.get("quant"),
-        "sha256": engine.get("sha256"),
-        "size_bytes": engine.get("size_bytes"),
-        "n_params": model.get("n_params"),
-        "n_ctx_train": model.get("n_ctx_train"),
-        "llama_cpp_python": manifest.get("versions", {}).get("llama-cpp-python"),
-        "llama_cpp_commit": manifest.get("converter", {}).get("llama_cpp_commit"),
-        "quality": manifest.get("quality", {}).get("rows", {}).get(engine.get("quant")),
-        "built_at": engine.get("built_at"),
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("gguf", type=Path, help="a GGUF file")

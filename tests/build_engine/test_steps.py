@@ -1,13 +1,12 @@
-"""Ring 1 of the build pipeline: quant names, specs, sources, manifest summary, every step's --help."""
+"""Ring 1 of the build pipeline: quant names, specs, sources, every step's --help."""
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 import pytest
 
-from build_engine import describe, quantize, specs
+from build_engine import quantize, specs
 from build_engine.errors import BuildError
 
 pytestmark = pytest.mark.build
@@ -86,17 +85,6 @@ def test_a_file_is_not_a_checkpoint_folder(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(BuildError, match="is a file"):
         specs.resolve_source(str(tmp_path / "model.safetensors"))
-
-
-def test_health_summary_picks_the_served_engine() -> None:
-    manifest = {"name": "smol", "source": {"id": "acme/smol", "revision": "a" * 40},
-                "model": {"n_params": 135, "n_ctx_train": 8192},
-                "engines": {"Q8_0": {"file": "smol-Q8_0.gguf", "quant": "Q8_0", "sha256": "x", "size_bytes": 1}},
-                "quality": {"rows": {"Q8_0": {"ppl": 10.0}}}}
-    got = describe.health_summary(manifest, "smol-Q8_0.gguf")
-    assert got["quant"] == "Q8_0" and got["revision"] == "a" * 40 and got["quality"] == {"ppl": 10.0}
-    assert describe.health_summary(manifest, "other.gguf") == {"manifest": False}
-    json.dumps(got)  # what /health sends must be JSON
 
 
 def test_a_converter_tree_with_parts_missing_is_named(tmp_path: Path) -> None:
