@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,7 +39,6 @@ class Job:
     n_hidden: int  # leading prompt tokens not shown in echo (BOS)
     rng_seed: int
     need_cells: int  # KV cells this job may still add (upper bound), for admission
-    arrived: float = field(default_factory=time.monotonic)
     seqs: list["Seq"] = field(default_factory=list)
     n_past: int = 0  # prompt tokens of the lead sequence already in the KV cache
     n_cached: int = 0  # of which came from the prefix cache
