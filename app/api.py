@@ -79,12 +79,12 @@ def process():
     t0 = time.perf_counter()
     req = _to_generation(_parse(schemas.ProcessRequest), _settings())
     result = _engine().generate(req, is_disconnected=disconnect_probe(request.environ))
-    first = _completion(result.completions[0])
+    completions = [_completion(c) for c in result.completions]
     body = {
-        **first,
+        **completions[0],
         "prompt_tokens": result.n_prompt_tokens,
         "cached_tokens": result.n_cached_tokens,
-        "completions": [_completion(c) for c in result.completions] if len(result.completions) > 1 else None,
+        "completions": completions if len(completions) > 1 else None,
         "request_time": time.perf_counter() - t0,
     }
     return jsonify(body)

@@ -71,16 +71,6 @@ class Engine:
             log.exception("could not load the model")
             self._load_error = str(exc)
 
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until the model is loaded (True) or the timeout passes or loading failed (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._ready.is_set() and self._load_error is None:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            self._ready.wait(0.05 if left is None else min(0.05, left))
-        return self._ready.is_set()
-
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
@@ -175,7 +165,6 @@ class Engine:
             prompt=prompt,
             n_hidden=1 if model.info.add_bos else 0,
             rng_seed=seed if seed >= 0 else secrets.randbits(63),
-            need_cells=need,
         )
         self._scheduler.submit(job)
         while not job.done.wait(POLL_INTERVAL_S):

@@ -204,10 +204,6 @@ class LlamaModel:
         """Make dst share src's cells for positions [p0, p1): no copy with a unified cache."""
         llama_cpp.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
 
-    def seq_pos_max(self, seq: int) -> int:
-        """Largest position a sequence holds in the KV cache, -1 when empty."""
-        return int(llama_cpp.llama_memory_seq_pos_max(self.mem, seq))
-
     def clear(self) -> None:
         """Empty the whole KV cache."""
         llama_cpp.llama_memory_clear(self.mem, True)

@@ -38,7 +38,7 @@ class Job:
     prompt: list[int]  # token ids the model sees, BOS included where the model adds one
     n_hidden: int  # leading prompt tokens not shown in echo (BOS)
     rng_seed: int
-    need_cells: int  # KV cells this job may still add (upper bound), for admission
+    need_cells: int = 0  # KV cells this job may add (upper bound), set at admission
     seqs: list["Seq"] = field(default_factory=list)
     n_past: int = 0  # prompt tokens of the lead sequence already in the KV cache
     n_cached: int = 0  # of which came from the prefix cache
