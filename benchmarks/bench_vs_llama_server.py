@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import importlib.metadata
 import json
 import os
@@ -150,6 +151,18 @@ def score(server: Server, text: str) -> int:
     return int(_post(server.url + "/completion", body)["timings"]["prompt_n"])
 
 
+def prefill(server: Server, text: str, n_prompt: int) -> int:
+    """The same texts with the same work on both sides: the prompt, then one greedy token (logits at
+    the last position only). Beside the scoring row it splits scoring's cost into the extra output
+    rows and everything else."""
+    if server.name == "ours":
+        body = {"prompt": text, "max_new_tokens": 1, "temperature": 1e-7, "top_k_per_token": 1}
+        _post(server.url + "/process", body)
+        return n_prompt
+    body = {"prompt": text, "n_predict": 1, "temperature": 0, "cache_prompt": False}
+    return int(_post(server.url + "/completion", body)["timings"]["prompt_n"])
+
+
 def run_load(server: Server, jobs: list[tuple], clients: int, fn=None) -> tuple[float, int]:
     fn = fn or request
     t0 = time.perf_counter()
@@ -194,11 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--mmlu-per-subject", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3, help="runs per row and server; the fastest counts")
-    ap.add_argument("--rows", default="decode64,decode128,helm16,mmlu4,mmlu16,gen4,score")
+    ap.add_argument("--rows", default="decode64,decode128,helm16,mmlu4,mmlu16,gen4,score,prefill")
     args = ap.parse_args(argv)
     CACHE.mkdir(exist_ok=True)
     exe = build_llama_server()
     rows = args.rows.split(",")
+
+    @functools.cache  # asked while our server is up; the table's titles ask again after it stopped
+    def n_tokens(text: str) -> int:
+        return len(_post(servers[1].url + "/tokenize", {"text": text})["tokens"])
 
     def loads_for(rep: int) -> dict:
         """The loads of one repetition; each gets new few-shot prefixes, so no cache starts warm."""
@@ -217,11 +234,16 @@ def main(argv: list[str] | None = None) -> None:
                      [(p, 64, ["\n\n"]) for p in mmlu_prompts(4, seed=100 + rep)], 4),
             "score": ("scoring: echo, max_new_tokens 0, 200-token texts, 4 clients (tok/s)",
                       scoring_texts(16, seed=rep + 1), 4),
+            # Texts of the scoring shape, not the same ones: llama-server's prompt cache would
+            # restore the states it kept of the scoring row's texts.
+            "prefill": ("scoring-shaped texts, prompt + 1 token on both, 4 clients (prompt tok/s)",
+                        [(t, n_tokens(t)) for (t,) in scoring_texts(16, seed=1000 + rep)], 4),
         }
     # Both servers up at once; each row runs on one, then the other, `--repeat` times, and the
     # fastest run counts: load from elsewhere on the machine hits both alike and is filtered out.
-    servers = [llama_server(exe, args.model, args.threads, args.n_ctx, args.parallel)]
+    servers: list[Server] = []
     try:
+        servers.append(llama_server(exe, args.model, args.threads, args.n_ctx, args.parallel))
         servers.append(ours(args.model, args.threads, args.n_ctx, args.parallel))
         for server in servers:
             request(server, "warm up", 4, [])
@@ -229,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         kv = requests.get(servers[1].url + "/health", timeout=5).json()["kv_cache_bytes"] / 2**20
         results: dict[str, dict[str, tuple[float, int]]] = {}
         for row in rows:
-            fn = score if row == "score" else None
+            fn = {"score": score, "prefill": prefill}.get(row)
             for rep in range(args.repeat):
                 _, jobs, clients = loads_for(rep)[row]
                 for server in servers:
@@ -247,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         title = loads_for(0)[row][0]
         (wo, no), (wl, nl) = results[row]["ours"], results[row]["llama-server"]
-        if row in ("decode64", "decode128", "score"):
+        if row in ("decode64", "decode128", "score", "prefill"):
             print(f"{title:<66} {no / wo:>10.1f} {nl / wl:>10.1f} {(no / wo) / (nl / wl):>10.2f}")
         else:
             print(f"{title + ' (wall s)':<66} {wo:>10.2f} {wl:>10.2f} {wo / wl:>10.2f}")

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from app.engine import GenerationRequest
 from app.engine.errors import ContextLengthExceeded, TokenOutOfRange
 from app.engine.sampling import SamplingParams
+from tests.engine.noise import NOISE_MAX, NOISE_MEAN, agree_unless_near_tie
 
 pytestmark = pytest.mark.engine
 
@@ -206,9 +207,9 @@ def test_decode_tokenize_round_trip(engine, text):
     assert engine.decode(engine.tokenize(text)) == text
 
 
-MIXED = ([dict(prompt=p, max_new_tokens=16) for p in PROMPTS]
+MIXED = ([dict(prompt=p, max_new_tokens=16, top_k_per_token=2) for p in PROMPTS]
          + [dict(prompt=p, max_new_tokens=0, echo_prompt=True, top_k_per_token=3) for p in PROMPTS[:4]]
-         + [dict(prompt=p, max_new_tokens=12, stop_sequences=("\n",)) for p in PROMPTS[:3]]
+         + [dict(prompt=p, max_new_tokens=12, stop_sequences=("\n",), top_k_per_token=2) for p in PROMPTS[:3]]
          + [dict(prompt=PROMPTS[3], max_new_tokens=10, sampling=SamplingParams(temperature=0.9), seed=s) for s in (1, 2, 3)])
 
 
@@ -239,17 +240,15 @@ def test_deterministic_mode_is_identical_under_load(deterministic_engine):
 
 
 def test_batched_mode_diverges_only_by_kernel_noise(engine):
-    # llama.cpp picks CPU attention kernels by batch size and KV extent (tiled for >= 32 query rows,
-    # split-KV for a lone decode token over >= 512 cells), so a sequence's logits depend slightly on
-    # its neighbours. Measure: logprob differences up to the first token where texts part.
+    # llama.cpp's CPU kernels are not batch-invariant (tests/engine/noise.py says why): batched
+    # results carry the same noise as prefix reuse. Greedy texts may part only at near-ties; sampled
+    # ones may part wherever the noise moves a draw across a boundary. Measured: 2-6 of 16 differ.
     a, b = _sequential_and_concurrent(engine)
     d, diverged = [], 0
-    for x, y in zip(a, b):
+    for r, x, y in zip(MIXED, a, b):
         diverged += x.text != y.text
-        for s, t in zip(x.tokens, y.tokens):
-            if s.text != t.text:
-                break
-            d.append(abs(s.logprob - t.logprob))
-    d = np.array(d)
-    print(f"batched vs one-by-one: {diverged}/16 texts differ; logprobs mean {d.mean():.4f} max {d.max():.4f}")
-    assert d.mean() < 0.05 and diverged <= 8
+        if "sampling" in r:
+            continue
+        d += agree_unless_near_tie(y, x)
+    print(f"batched vs one-by-one: {diverged}/16 texts differ; logprobs mean {np.mean(d):.4f} max {max(d):.4f}")
+    assert len(d) > 60 and np.mean(d) < NOISE_MEAN and max(d) < NOISE_MAX

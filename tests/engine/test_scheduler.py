@@ -10,6 +10,7 @@ import pytest
 from app.engine import Engine, GenerationRequest
 from app.engine.errors import EngineError, RequestCancelled
 from app.engine.sampling import SamplingParams
+from tests.engine.noise import NOISE_MAX, NOISE_MEAN, agree_unless_near_tie
 
 pytestmark = pytest.mark.engine
 GREEDY = SamplingParams(temperature=1e-7)
@@ -42,14 +43,9 @@ def test_prefix_reuse_changes_no_output(engine, no_cache_engine):
             out.append(run(eng, q, max_new_tokens=3, top_k_per_token=3))
     assert with_cache[-1].n_cached_tokens > 300  # the shared few-shot prefix came from the cache
     assert all(r.n_cached_tokens == 0 for r in without)
-    d = [abs(a.logprob - b.logprob) for x, y in zip(with_cache, without)
-         for a, b in zip(x.completions[0].tokens, y.completions[0].tokens)]
+    d = [x for a, b in zip(with_cache, without) for x in agree_unless_near_tie(a.completions[0], b.completions[0])]
     print(f"prefix reuse on vs off: logprob difference mean {np.mean(d):.4f} max {max(d):.4f} over {len(d)} tokens")
-    assert [r.completions[0].text for r in with_cache] == [r.completions[0].text for r in without]
-    # The reused cells hold the same K/V, but the suffix's attention runs over other cell indices,
-    # and llama.cpp's tiled CPU flash attention groups cells by index: measured mean 0.01-0.02,
-    # max 0.10 nats on 18 tokens (the first request, computed alike, differs by exactly 0).
-    assert np.mean(d) < 0.05 and max(d) < 0.3
+    assert len(d) >= 6 and np.mean(d) < NOISE_MEAN and max(d) < NOISE_MAX
 
 
 def test_echo_scoring_reuses_scored_prefixes(engine, no_cache_engine):
@@ -59,8 +55,12 @@ def test_echo_scoring_reuses_scored_prefixes(engine, no_cache_engine):
     assert b.n_cached_tokens > 300
     got = np.array([t.logprob for t in b.completions[0].tokens])
     want = np.array([t.logprob for t in ref.completions[0].tokens])
-    print(f"echo with a reused prefix vs without: mean {np.abs(got - want).mean():.4f} max {np.abs(got - want).max():.4f}")
-    assert len(got) == len(want) and np.abs(got - want).mean() < 0.05 and np.abs(got - want).max() < 0.3
+    assert len(got) == len(want)
+    # The prefix's logprobs are records kept from earlier requests (exact only if those computed it
+    # in the same cells and chunks as a fresh run would), the suffix is recomputed: noise in both.
+    d = np.abs(got - want)
+    print(f"echo with a reused prefix vs without: mean {d.mean():.4f} max {d.max():.4f} over {len(d)} tokens")
+    assert d.mean() < NOISE_MEAN and d.max() < NOISE_MAX
     assert a.completions[0].text == QUESTIONS[1]
 
 
