@@ -199,6 +199,30 @@ def mmlu_prompts(n_per_subject: int, seed: int = 0) -> list[str]:
     return prompts
 
 
+def loads_for(rep: int, mmlu_per_subject: int, n_tokens) -> dict[str, tuple[str, list[tuple], int]]:
+    """The loads of one repetition, row -> (title, jobs, clients). Every row and repetition gets its
+    own prompts: no server starts a row with another's prompts in its caches (llama-server's host-RAM
+    prompt cache would restore them whole). n_tokens(text) counts a text's prompt tokens."""
+    return {
+        "decode64": ("single stream, 64-token greedy generation (tok/s)", [("Once upon a time", 64, [])], 1),
+        "decode128": ("single stream, 128-token greedy generation (tok/s)", [("Once upon a time", 128, [])], 1),
+        "helm16": ("16 concurrent HELM generation requests (20 tokens, stop \\n)",
+                   [(f"Quiz {rep}, question {i}: what is the capital of France?\nAnswer: The capital of France is",
+                     20, ["\n"])
+                    for i in range(16)], 16),
+        "mmlu4": ("MMLU-shaped, 5-shot ~700 tokens, max_new_tokens 1, 4 clients",
+                  [(p, 1, []) for p in mmlu_prompts(mmlu_per_subject, seed=rep)], 4),
+        "mmlu16": ("MMLU-shaped, 16 clients",
+                   [(p, 1, []) for p in mmlu_prompts(mmlu_per_subject, seed=50 + rep)], 16),
+        "gen4": ("generation: 5-shot prefixes + question, 64 tokens, stop \\n\\n, 4 clients",
+                 [(p, 64, ["\n\n"]) for p in mmlu_prompts(4, seed=100 + rep)], 4),
+        "score": ("scoring: echo, max_new_tokens 0, 200-token texts, 4 clients (tok/s)",
+                  scoring_texts(16, seed=rep + 1), 4),
+        "prefill": ("scoring-shaped texts, prompt + 1 token on both, 4 clients (prompt tok/s)",
+                    [(t, n_tokens(t)) for (t,) in scoring_texts(16, seed=1000 + rep)], 4),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
@@ -217,28 +241,6 @@ def main(argv: list[str] | None = None) -> None:
     def n_tokens(text: str) -> int:
         return len(_post(servers[1].url + "/tokenize", {"text": text})["tokens"])
 
-    def loads_for(rep: int) -> dict:
-        """The loads of one repetition; each gets new few-shot prefixes, so no cache starts warm."""
-        mmlu = mmlu_prompts(args.mmlu_per_subject, seed=rep)
-        return {
-            "decode64": ("single stream, 64-token greedy generation (tok/s)", [("Once upon a time", 64, [])], 1),
-            "decode128": ("single stream, 128-token greedy generation (tok/s)", [("Once upon a time", 128, [])], 1),
-            "helm16": ("16 concurrent HELM generation requests (20 tokens, stop \\n)",
-                       [(f"Quiz {rep}, question {i}: what is the capital of France?\nAnswer: The capital of France is",
-                         20, ["\n"])
-                        for i in range(16)], 16),
-            "mmlu4": ("MMLU-shaped, 5-shot ~700 tokens, max_new_tokens 1, 4 clients", [(p, 1, []) for p in mmlu], 4),
-            "mmlu16": ("MMLU-shaped, 16 clients", [(p, 1, []) for p in mmlu], 16),
-            # Fresh 5-shot prefixes of the MMLU shape (nothing cached from the MMLU rows), 4 subjects.
-            "gen4": ("generation: 5-shot prefixes + question, 64 tokens, stop \\n\\n, 4 clients",
-                     [(p, 64, ["\n\n"]) for p in mmlu_prompts(4, seed=100 + rep)], 4),
-            "score": ("scoring: echo, max_new_tokens 0, 200-token texts, 4 clients (tok/s)",
-                      scoring_texts(16, seed=rep + 1), 4),
-            # Texts of the scoring shape, not the same ones: llama-server's prompt cache would
-            # restore the states it kept of the scoring row's texts.
-            "prefill": ("scoring-shaped texts, prompt + 1 token on both, 4 clients (prompt tok/s)",
-                        [(t, n_tokens(t)) for (t,) in scoring_texts(16, seed=1000 + rep)], 4),
-        }
     # Both servers up at once; each row runs on one, then the other, `--repeat` times, and the
     # fastest run counts: load from elsewhere on the machine hits both alike and is filtered out.
     servers: list[Server] = []
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             fn = {"score": score, "prefill": prefill}.get(row)
             for rep in range(args.repeat):
-                _, jobs, clients = loads_for(rep)[row]
+                _, jobs, clients = loads_for(rep, args.mmlu_per_subject, n_tokens)[row]
                 for server in servers:
                     got = run_load(server, jobs, clients, fn)
                     best = results.setdefault(row, {}).get(server.name)
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
           f"best of {args.repeat}")
     print(f"{'load':<66} {'ours':>10} {'llama-srv':>10} {'ours/llama':>10}")
     for row in rows:
-        title = loads_for(0)[row][0]
+        title = loads_for(0, args.mmlu_per_subject, n_tokens)[row][0]
         (wo, no), (wl, nl) = results[row]["ours"], results[row]["llama-server"]
         if row in ("decode64", "decode128", "score", "prefill"):
             print(f"{title:<66} {no / wo:>10.1f} {nl / wl:>10.1f} {(no / wo) / (nl / wl):>10.2f}")

@@ -31,6 +31,7 @@ class CacheEntry:
     parent: int | None = None  # number of the request whose cells it shares a prefix of
     n_shared: int = 0  # length of that shared prefix
     last_used: float = field(default_factory=time.monotonic)
+    last_admission: int = 0  # the cache's admission count when it was stored or last shared
 
     def scored_prefix(self, k: int) -> int:
         """The largest m such that records[1..m] all exist with at least k alternatives."""
@@ -56,6 +57,16 @@ class PrefixCache:
     def __init__(self, *, budget_tokens: int) -> None:
         self.budget = budget_tokens
         self.entries: list[CacheEntry] = []
+        self.admissions = 0  # requests started so far, the clock of staleness
+
+    def admitted(self) -> None:
+        self.admissions += 1
+
+    def stale(self, max_age: int) -> list[CacheEntry]:
+        """Entries no request has shared (nor stored) during the last max_age admissions: the
+        prompts of a scenario that has ended. They still cost: llama.cpp's CPU attention reads the
+        mask of every cell up to the highest in use, so idle entries slow every step."""
+        return [e for e in self.entries if self.admissions - e.last_admission > max_age]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -87,6 +98,7 @@ class PrefixCache:
 
     def touch(self, entry: CacheEntry) -> None:
         entry.last_used = time.monotonic()
+        entry.last_admission = self.admissions
 
     def lru(self) -> CacheEntry:
         return min(self.entries, key=lambda e: e.last_used)
@@ -108,6 +120,7 @@ class PrefixCache:
                 _merge_records(entry, e, n)
                 self.entries.remove(e)
                 dropped.append(e)
+        entry.last_admission = self.admissions
         self.entries.append(entry)
         while self.entries and self.tokens > self.budget:
             victim = self.lru()

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 # Most logits rows one step asks for. Echo scoring wants a row per prompt token; each row is
 # n_vocab floats in llama.cpp's output buffer (128 x 49152 x 4 B = 24 MiB, not 96 MiB at 512).
 OUTPUTS_PER_STEP = 128
+# A prefix-cache entry no request shared for this many times N_PARALLEL admissions is dropped: its
+# scenario is over, and its cells widen the attention mask every step reads (see PrefixCache.stale).
+STALE_AFTER_ADMISSIONS = 2
+# Sharing fewer tokens than this does not count as a use of the entry (keeps it no longer).
+MIN_SHARE_TO_KEEP = 32
 
 
 @dataclass(eq=False)
@@ -217,6 +222,9 @@ class Scheduler:
         if source is not None:
             self._share_prefix(job, source, n_shared)
         self.jobs.append(job)
+        self.cache.admitted()
+        for entry in self.cache.stale(STALE_AFTER_ADMISSIONS * self.settings.n_parallel):
+            self._evict(entry)
 
     def _running_prefixes(self) -> list[CacheEntry]:
         """The prompt part already in the KV cache of each running request, as sharable sources."""
@@ -259,8 +267,8 @@ class Scheduler:
             k = job.req.top_k_per_token
             for i in range(1, n + 1):
                 job.records[i] = source.records[i].truncated(k)
-        if source in self.cache.entries:
-            self.cache.touch(source)
+        if source in self.cache.entries and n >= MIN_SHARE_TO_KEEP:
+            self.cache.touch(source)  # a short common head ("The following are ...") keeps nothing alive
 
     def _build_batch(self):
         """One step: a token for every generating sequence, then prompt chunks, oldest job first,

@@ -119,3 +119,20 @@ def test_a_failing_request_does_not_poison_the_batch(engine, monkeypatch):
             assert f.result().completions[0].tokens
     monkeypatch.undo()
     assert run(engine, "Still working?", max_new_tokens=2).completions[0].tokens
+
+
+def test_entries_of_an_ended_scenario_are_dropped(engine_settings):
+    # N_PARALLEL 2: an entry nobody shares for 4 admissions is dropped (STALE_AFTER_ADMISSIONS).
+    eng = Engine(replace(engine_settings, n_parallel=2, max_num_samples=2)).start(background=False)
+    try:
+        run(eng, QUESTIONS[0], max_new_tokens=1)
+        for q in QUESTIONS[1:4]:  # the scenario runs: its prefix stays
+            assert run(eng, q, max_new_tokens=1).n_cached_tokens > 300
+        for i in range(4):  # another scenario, sharing only a short head ("Question: ")
+            run(eng, f"Question: tell me story number {i}.", max_new_tokens=1)
+        assert run(eng, QUESTIONS[4], max_new_tokens=1).n_cached_tokens > 300  # 4 admissions: kept
+        for i in range(5):
+            run(eng, f"Question: tell me story number {i + 10}.", max_new_tokens=1)
+        assert run(eng, QUESTIONS[5], max_new_tokens=1).n_cached_tokens < 32  # 5: dropped
+    finally:
+        eng.close()

@@ -53,3 +53,16 @@ def test_cells_shared_with_a_cached_parent_count_once():
     assert c.tokens == 100 + 20
     c.remove(c.entries[0])  # the parent goes: its shared cells now belong to the child alone
     assert c.tokens == 110
+
+
+def test_entries_nobody_shares_go_stale_after_enough_admissions():
+    c = PrefixCache(budget_tokens=1000)
+    few_shot = CacheEntry(0, list(range(50)), [None] * 50)
+    one_off = CacheEntry(1, [900 + t for t in range(20)], [None] * 20)
+    c.add(few_shot)
+    c.add(one_off)
+    for _ in range(3):
+        c.admitted()
+        c.touch(few_shot)  # shared by every request of its scenario
+    assert c.stale(2) == [one_off]  # stored 3 admissions ago, never shared since
+    assert c.stale(3) == []
