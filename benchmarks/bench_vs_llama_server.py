@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import functools
 import importlib.metadata
 import json
 import os
@@ -141,14 +140,19 @@ def request(server: Server, prompt: str, n: int, stop: list[str], greedy: bool =
     return int(_post(server.url + "/completion", body)["tokens_predicted"])
 
 
+def _llama_server_prompt(server: Server, text: str) -> int:
+    """llama-server processes the prompt (no cached prefix) and one token; returns prompt tokens."""
+    body = {"prompt": text, "n_predict": 1, "temperature": 0, "cache_prompt": False}
+    return int(_post(server.url + "/completion", body)["timings"]["prompt_n"])
+
+
 def score(server: Server, text: str) -> int:
     """Prompt tokens processed for one scoring request. llama-server cannot return prompt logprobs:
     it processes the prompt and one token, its prompt-processing rate is the peer."""
     if server.name == "ours":
         body = {"prompt": text, "max_new_tokens": 0, "echo_prompt": True, "temperature": 1e-7, "top_k_per_token": 1}
         return len(_post(server.url + "/process", body)["tokens"])
-    body = {"prompt": text, "n_predict": 1, "temperature": 0, "cache_prompt": False}
-    return int(_post(server.url + "/completion", body)["timings"]["prompt_n"])
+    return _llama_server_prompt(server, text)
 
 
 def prefill(server: Server, text: str, n_prompt: int) -> int:
@@ -159,8 +163,7 @@ def prefill(server: Server, text: str, n_prompt: int) -> int:
         body = {"prompt": text, "max_new_tokens": 1, "temperature": 1e-7, "top_k_per_token": 1}
         _post(server.url + "/process", body)
         return n_prompt
-    body = {"prompt": text, "n_predict": 1, "temperature": 0, "cache_prompt": False}
-    return int(_post(server.url + "/completion", body)["timings"]["prompt_n"])
+    return _llama_server_prompt(server, text)
 
 
 def run_load(server: Server, jobs: list[tuple], clients: int, fn=None) -> tuple[float, int]:
@@ -237,7 +240,6 @@ def main(argv: list[str] | None = None) -> None:
     exe = build_llama_server()
     rows = args.rows.split(",")
 
-    @functools.cache  # asked while our server is up; the table's titles ask again after it stopped
     def n_tokens(text: str) -> int:
         return len(_post(servers[1].url + "/tokenize", {"text": text})["tokens"])
 
@@ -251,11 +253,12 @@ def main(argv: list[str] | None = None) -> None:
             request(server, "warm up", 4, [])
         # Both have 2 * n_ctx unified f16 cells; our /health states their size.
         kv = requests.get(servers[1].url + "/health", timeout=5).json()["kv_cache_bytes"] / 2**20
+        loads = [loads_for(rep, args.mmlu_per_subject, n_tokens) for rep in range(args.repeat)]
         results: dict[str, dict[str, tuple[float, int]]] = {}
         for row in rows:
             fn = {"score": score, "prefill": prefill}.get(row)
             for rep in range(args.repeat):
-                _, jobs, clients = loads_for(rep, args.mmlu_per_subject, n_tokens)[row]
+                _, jobs, clients = loads[rep][row]
                 for server in servers:
                     got = run_load(server, jobs, clients, fn)
                     best = results.setdefault(row, {}).get(server.name)
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
           f"best of {args.repeat}")
     print(f"{'load':<66} {'ours':>10} {'llama-srv':>10} {'ours/llama':>10}")
     for row in rows:
-        title = loads_for(0, args.mmlu_per_subject, n_tokens)[row][0]
+        title = loads[0][row][0]
         (wo, no), (wl, nl) = results[row]["ours"], results[row]["llama-server"]
         if row in ("decode64", "decode128", "score", "prefill"):
             print(f"{title:<66} {no / wo:>10.1f} {nl / wl:>10.1f} {(no / wo) / (nl / wl):>10.2f}")
