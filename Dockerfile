@@ -103,16 +103,16 @@ COPY --from=builder /engine /engine
 # N_CTX: the context window of one request, in tokens (the server's N_CTX setting).
 ARG N_CTX=4096
 # N_GPU_LAYERS=-1: every layer on the GPU (ignored by the CPU build).
-# N_PARALLEL / KV_CACHE_TOKENS: 16 sequences batched together over 16k KV cells (2 GiB for a 7B
-# model with grouped-query attention), so HELM's 4+ requests in flight and their shared few-shot
-# prefixes fit; lower them for a small GPU.
+# N_PARALLEL / PREFIX_CACHE_SLOTS: 8 sequences decoded together, each in a KV slot of N_CTX cells,
+# and 8 more slots keeping finished prompts for reuse: 16 x 4096 cells, 8 GiB for a 7B model with
+# grouped-query attention (128 KiB a cell); lower them for a small GPU.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MODEL_PATH=/engine/model.gguf \
     N_GPU_LAYERS=-1 \
     N_CTX=${N_CTX} \
-    N_PARALLEL=16 \
-    KV_CACHE_TOKENS=16384
+    N_PARALLEL=8 \
+    PREFIX_CACHE_SLOTS=8
 # Not root. Docker lets any user bind ports below 1024 inside a container's own network namespace
 # (net.ipv4.ip_unprivileged_port_start=0 since Docker 20.10).
 USER 10001:10001

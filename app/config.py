@@ -114,6 +114,9 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Defaults, then the environment, then explicit overrides (a test's dict)."""
         environ = os.environ if environ is None else environ
+        for var, instead in _REMOVED.items():
+            if environ.get(var):
+                raise ValueError(f"{var} is no longer a setting: {instead}")
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             var = _ENV_NAMES.get(f.name, f.name.upper())
@@ -126,6 +129,13 @@ class Settings:
 
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+# Settings of the engine before per-slot KV streams: refused with what replaces them.
+_REMOVED = {
+    "KV_CACHE_TOKENS": "KV memory is (N_PARALLEL + PREFIX_CACHE_SLOTS) x N_CTX cells; set those",
+    "PREFIX_CACHE_TOKENS": "the prefix cache is PREFIX_CACHE_SLOTS slots (0: only idle running slots; "
+    "PREFIX_REUSE=0 turns reuse off)",
+}
 
 # Fields whose variable is not simply the upper-cased field name.
 _ENV_NAMES = {"default_seed": "SEED"}

@@ -72,8 +72,8 @@ class Scheduler:
             "running": len(self.jobs),
             "queued": len(self.waiting),
             "generating_sequences": len(self.active),
-            "prefix_cache_entries": sum(1 for s in idle if s.tokens),
-            "prefix_cache_tokens": sum(len(s.tokens) for s in idle),
+            "prefix_cache_entries": sum(1 for s in idle if s.n_valid),
+            "prefix_cache_tokens": self.table.cached_tokens,
             "kv_slots_in_use": len(self.table.slots) - len(idle),
         }
 
@@ -163,7 +163,7 @@ class Scheduler:
             return True
         if self.settings.deterministic:
             for s in self.table.slots:
-                self.table.release(s, keep=0)
+                self.table.release(s, keep=False)
                 self.model.seq_rm(s.id)
         placed = self.table.place(job, echo_top_k=req.top_k_per_token if req.echo_prompt else 0)
         if placed is None:
@@ -187,7 +187,7 @@ class Scheduler:
             for i in range(1, n + 1):
                 job.records[i] = placed.source.records[i].truncated(req.top_k_per_token)
         job.n_past = job.n_cached = job.lead.n_past = n
-        self.table.computed(lead, job.prompt[:n], job.records)
+        self.table.computed(lead, job.prompt, n, job.records)
         self.counters.update(prompt_tokens=len(job.prompt), prefix_cache_queries=len(job.prompt), prefix_cache_hits=n)
         return True
 
@@ -200,8 +200,7 @@ class Scheduler:
             c.want,
         )
         job.n_past = job.lead.n_past = c.end
-        chunk = self.settings.chunk_tokens
-        self.table.computed(self.table.slots[job.lead.slot], job.prompt[: c.end - c.end % chunk], job.records)
+        self.table.computed(self.table.slots[job.lead.slot], job.prompt, c.end, job.records)
         rows = c.rows
         last = len(job.prompt) - 1
         if job.req.echo_prompt:
@@ -323,8 +322,8 @@ class Scheduler:
         self.active = [s for s in self.active if s.job is not job]
         for slot in self.table.slots:
             if slot.owner is job:
-                self.table.release(slot, keep=len(slot.tokens) if keep and slot.lead else 0)
-                self.model.seq_rm(slot.id, len(slot.tokens), -1)  # the cells past the kept chunks
+                self.table.release(slot, keep=keep and slot.lead)
+                self.model.seq_rm(slot.id, slot.n_valid, -1)  # the cells past the kept chunks
         if job in self.jobs:
             self.jobs.remove(job)
 

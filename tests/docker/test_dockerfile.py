@@ -232,7 +232,7 @@ def test_build_engine_flags_exist_in_its_cli() -> None:
 # ---- secrets
 
 
-# "TOKENS" (a count, as KV_CACHE_TOKENS) is not a secret; "HF_TOKEN" is.
+# "TOKENS" (a count, as CHUNK_TOKENS) is not a secret; "HF_TOKEN" is.
 SECRET_NAME = re.compile(r"TOKEN(?!S\b)|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.I)
 SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}|\bsk-[A-Za-z0-9]{20,}")
 

@@ -8,7 +8,8 @@ from app.config import DEFAULT_MODEL_PATH, Settings
 
 def test_defaults_serve_the_default_model():
     s = Settings.from_env({})
-    assert s.model_path == DEFAULT_MODEL_PATH and s.n_gpu_layers == -1 and s.kv_cells == 2 * s.n_ctx
+    assert s.model_path == DEFAULT_MODEL_PATH and s.n_gpu_layers == -1
+    assert s.n_slots == 2 * s.n_parallel and s.kv_cells == s.n_slots * s.n_ctx  # 4096: a multiple of 256
 
 
 def test_environment_then_overrides():
@@ -21,6 +22,9 @@ def test_environment_then_overrides():
 @pytest.mark.parametrize("env, message", [({"N_CTX": "lots"}, "N_CTX"), ({"N_CTX": "4"}, "N_CTX"),
                                           ({"FLASH_ATTN": "maybe"}, "FLASH_ATTN"), ({"PARSE_SPECIAL": "2"}, "PARSE_SPECIAL"),
                                           ({"KV_CACHE_TOKENS": "100"}, "KV_CACHE_TOKENS"),
+                                          ({"PREFIX_CACHE_TOKENS": "0"}, "PREFIX_CACHE_SLOTS"),
+                                          ({"CHUNK_TOKENS": "30"}, "CHUNK_TOKENS"),
+                                          ({"CHUNK_TOKENS": "256", "N_BATCH": "128"}, "N_BATCH"),
                                           ({"N_PARALLEL": "2", "MAX_NUM_SAMPLES": "4"}, "MAX_NUM_SAMPLES")])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises((ValueError, AssertionError), match=message):
