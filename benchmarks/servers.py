@@ -42,7 +42,7 @@ def build_llama_server() -> Path:
         return exe
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
              "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON"]
-    if subprocess.run(["which", "nvcc"], capture_output=True).returncode == 0:
+    if all(subprocess.run(["which", t], capture_output=True).returncode == 0 for t in ("nvcc", "nvidia-smi")):
         flags.append("-DGGML_CUDA=ON")
     subprocess.run(["cmake", "-S", str(vendored_tree()), "-B", str(build), *flags], check=True)
     subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", f"-j{os.cpu_count()}"], check=True)

@@ -61,7 +61,7 @@ def test_concurrent_requests_share_a_prefix_being_computed(engine):
     with cf.ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda p: run(engine, "Fresh prefix. " + p, max_new_tokens=1), prompts))
     cached = sorted(r.n_cached_tokens for r in results)
-    assert cached[0] == 0 and cached[-1] > 300, cached  # the first computes, the others share
+    assert cached[0] == 0 and cached[1] >= 256, cached  # the first computes, the others share its whole chunks
 
 
 def test_long_generation_does_not_starve_short_requests(engine):
