@@ -1,9 +1,10 @@
 """The engine: the one object the HTTP layer talks to. It owns the model and its scheduler."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -12,16 +13,25 @@ from typing import Any, Callable, Sequence
 from app.config import Settings
 from app.engine.errors import (
     ContextLengthExceeded,
+    EmptyPrompt,
     EngineError,
     EngineNotReady,
+    QueueFull,
+    RequestCancelled,
+    RequestTimedOut,
     TokenOutOfRange,
 )
+from app.engine.manifest import read_manifest
+from app.engine.stats import EngineCounters
 from app.engine.types import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
 # How often a waiting request checks whether its client is still connected (seconds).
 POLL_INTERVAL_S = 0.25
+# How long a cancelled request waits for the scheduler to free its sequences before the HTTP
+# thread gives up on it (a healthy scheduler takes one step; a wedged one must not hold threads).
+CANCEL_WAIT_S = 30.0
 
 
 class Engine:
@@ -36,6 +46,9 @@ class Engine:
         self._loaded_at: float | None = None
         self._manifest: dict[str, Any] = {}
         self._numbers = itertools.count()  # request serial numbers
+        self.counters = EngineCounters()
+        self._in_flight = 0  # generate() calls submitted and not yet returned
+        self._admission = threading.Lock()  # guards _in_flight against the queue limit
 
     # ---- lifecycle ----
 
@@ -61,7 +74,7 @@ class Engine:
             t0 = time.monotonic()
             self._model = LlamaModel(s, n_seq_max=n_seq_max)
             self._scheduler = Scheduler(self._model, s, n_seq_max=n_seq_max)
-            self._manifest = _read_manifest(s)
+            self._manifest = read_manifest(s)
             self._loaded_at = time.monotonic() - t0
             if s.n_ctx > self._model.info.n_ctx_train:
                 log.warning("N_CTX=%d exceeds the model's training context of %d", s.n_ctx, self._model.info.n_ctx_train)
@@ -69,7 +82,7 @@ class Engine:
             self._ready.set()
         except Exception as exc:  # noqa: BLE001 - reported by /health, logged in full
             log.exception("could not load the model")
-            self._load_error = str(exc)
+            self._load_error = _file_names_only(str(exc), s.model_path)
 
     @property
     def ready(self) -> bool:
@@ -97,12 +110,13 @@ class Engine:
         s = self.settings
         if not self._ready.is_set():
             status = "error" if self._load_error else "loading"
-            return {"status": status, "model_path": str(s.model_path), "error": self._load_error}
+            return {"status": status, "model_file": s.model_path.name, "error": self._load_error, **self.limits()}
         mi = self._model.info
+        counts = self.counters.snapshot()
         return {
             "status": "ok",
-            "model": s.model_name or mi.name,
-            "model_path": str(s.model_path),
+            "model": self.model_name,
+            "model_file": s.model_path.name,
             "quant": self._manifest.get("quant") or mi.file_type,
             "description": mi.description,
             "n_params": mi.n_params,
@@ -120,8 +134,42 @@ class Engine:
             "add_bos": mi.add_bos,
             "load_seconds": round(self._loaded_at or 0.0, 3),
             **self._scheduler.load(),
+            "in_flight": self._in_flight,
+            "kv_cache_usage": self.stats()["kv_cache_usage"],
+            "rejected_queue_full": counts["rejected_queue_full_total"],
+            "timed_out": counts["timed_out_total"],
+            **self.limits(),
             "manifest": self._manifest or None,
         }
+
+    @property
+    def model_name(self) -> str:
+        """The served model's name: MODEL_NAME, else the GGUF's general.name, else its file name."""
+        if self.settings.model_name:
+            return self.settings.model_name
+        return self._model.info.name if self._ready.is_set() else self.settings.model_path.stem
+
+    def limits(self) -> dict[str, int]:
+        """The largest values this server accepts, for clients (also in the served openapi.json)."""
+        s = self.settings
+        return {
+            "max_new_tokens": s.n_ctx,
+            "max_num_samples": s.max_num_samples,
+            "max_top_k_per_token": s.max_top_k_per_token,
+            "max_body_bytes": s.max_body_bytes,
+            "max_queued": s.queue_limit,
+            "request_timeout": s.request_timeout,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for /metrics: requests running and queued, KV use (0..1), totals since start."""
+        running = queued = 0
+        usage = 0.0
+        if self._ready.is_set():
+            load = self._scheduler.load()
+            running, queued = load["running"], load["queued"]
+            usage = min(1.0, self._scheduler.kv_cells_reserved() / self.settings.kv_cells)
+        return {"running": running, "queued": queued, "kv_cache_usage": usage, **self.counters.snapshot()}
 
     # ---- tokenizer (no scheduler: never waits behind generation) ----
 
@@ -145,11 +193,14 @@ class Engine:
     def generate(
         self, req: GenerationRequest, *, is_disconnected: Callable[[], bool] | None = None
     ) -> GenerationResult:
-        """Run one /process request through the scheduler and wait for it."""
+        """Run one /process request through the scheduler and wait for it (at most REQUEST_TIMEOUT)."""
         from app.engine.scheduler import Job
 
+        t0 = time.monotonic()
         model = self._require()
         prompt = model.tokenize(req.prompt, add_special=True, parse_special=self.settings.parse_special)
+        if not prompt:
+            raise EmptyPrompt(len(req.prompt))
         n_ctx = self.settings.n_ctx
         if len(prompt) + req.max_new_tokens > n_ctx:
             raise ContextLengthExceeded(len(prompt), req.max_new_tokens, n_ctx)
@@ -166,44 +217,84 @@ class Engine:
             n_hidden=1 if model.info.add_bos else 0,
             rng_seed=seed if seed >= 0 else secrets.randbits(63),
         )
-        self._scheduler.submit(job)
-        while not job.done.wait(POLL_INTERVAL_S):
-            if is_disconnected is not None and is_disconnected():
-                self._scheduler.cancel(job)
-                job.done.wait()
-                break
+        self._submit(job)
+        try:
+            timed_out = self._wait(job, t0, is_disconnected)
+        finally:
+            with self._admission:
+                self._in_flight -= 1
+        if timed_out:
+            self.counters.aborted(req.num_samples, timed_out=True)
+            raise RequestTimedOut(self.settings.request_timeout)
         if job.error is not None:
+            if isinstance(job.error, RequestCancelled):
+                self.counters.aborted(req.num_samples)
             raise job.error
         if job.result is None:
             raise EngineError("the scheduler finished a request without a result")
-        return job.result
+        return self._finished(job, t0)
+
+    def _submit(self, job) -> None:
+        """Queue the job, or refuse it when N_PARALLEL + MAX_QUEUED requests are already in flight."""
+        limit = self.settings.n_parallel + self.settings.queue_limit
+        with self._admission:
+            if self._in_flight >= limit:
+                self.counters.rejected()
+                raise QueueFull(self._in_flight - self.settings.n_parallel, self._retry_after())
+            self._scheduler.submit(job)
+            self._in_flight += 1
+
+    def _retry_after(self) -> int:
+        """Seconds until a place frees up, about: the queue ahead, N_PARALLEL at a time, times the
+        recent mean request duration (1..120)."""
+        rounds = self.settings.queue_limit / self.settings.n_parallel + 1
+        return int(min(120, max(1, math.ceil(rounds * self.counters.mean_request_s))))
+
+    def _wait(self, job, t0: float, is_disconnected: Callable[[], bool] | None) -> bool:
+        """Wait for the job; cancel it when its client goes away or its deadline passes.
+        True when it was cancelled for the deadline."""
+        timeout = self.settings.request_timeout
+        deadline = t0 + timeout if timeout > 0 else math.inf
+        while not job.done.wait(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                self._cancel(job, "deadline")
+                return True
+            if is_disconnected is not None and is_disconnected():
+                self._cancel(job, "client gone")
+                return False
+        return False
+
+    def _cancel(self, job, why: str) -> None:
+        """Have the scheduler drop the job and free its sequences; wait a bounded time for it."""
+        self._scheduler.cancel(job)
+        if not job.done.wait(CANCEL_WAIT_S):
+            log.error("request %d (%s) was not released by the scheduler within %.0f s", job.number, why, CANCEL_WAIT_S)
+            job.error = job.error or RequestCancelled(f"cancelled ({why})")
+
+    def _finished(self, job, t0: float) -> GenerationResult:
+        """The job's result with its timings, counted in the engine's totals."""
+        result = job.result
+        n_echo = len(job.prompt) - job.n_hidden if job.req.echo_prompt else 0
+        n_generated = sum(max(0, len(c.tokens) - n_echo) for c in result.completions)
+        admitted = job.admitted_at if job.admitted_at is not None else t0
+        result = dataclasses.replace(
+            result,
+            queue_s=max(0.0, admitted - t0),
+            first_token_s=None if job.first_token_at is None else job.first_token_at - t0,
+            n_generated_tokens=n_generated,
+        )
+        self.counters.succeeded(
+            n_prompt=result.n_prompt_tokens, n_cached=result.n_cached_tokens, n_generated=n_generated,
+            reasons=[c.finish_reason for c in result.completions], seconds=time.monotonic() - t0,
+        )
+        return result
 
 
-def _read_manifest(settings: Settings) -> dict[str, Any]:
-    """Key facts of the engine being served, from models/<name>/manifest.json beside the GGUF
-    (written by build_engine; its "engines" hold one entry per quant level)."""
-    path = settings.model_path.parent / "manifest.json"
-    if not path.is_file():
-        return {}
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        log.warning("could not read %s", path)
-        return {}
-    served = settings.model_path.resolve().name  # Docker serves model.gguf, a link to NAME-QUANT.gguf
-    engine = next((e for e in manifest.get("engines", {}).values() if e.get("file") == served), None)
-    if engine is None:
-        return {}
-    source = manifest.get("source", {})
-    return {
-        "name": manifest.get("name"),
-        "source": source.get("id"),
-        "revision": source.get("revision"),
-        "quant": engine.get("quant"),
-        "sha256": engine.get("sha256"),
-        "size_bytes": engine.get("size_bytes"),
-        "llama_cpp_python": manifest.get("versions", {}).get("llama-cpp-python"),
-        "llama_cpp_commit": manifest.get("converter", {}).get("llama_cpp_commit"),
-        "built_at": engine.get("built_at"),
-        "quality": manifest.get("quality", {}).get("rows", {}).get(engine.get("quant")),
-    }
+def _file_names_only(message: str, path) -> str:
+    """A load error without the server's directories: the model's path becomes its file name."""
+    for full in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+        message = message.replace(full, path.name)
+    for folder in sorted({str(path.parent), str(path.resolve().parent)}, key=len, reverse=True):
+        if folder not in (".", "/"):
+            message = message.replace(folder + "/", "")
+    return message

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -53,6 +54,8 @@ class Job:
     result: GenerationResult | None = None
     error: BaseException | None = None
     cancelled: bool = False
+    admitted_at: float | None = None  # time.monotonic() when the scheduler admitted the job
+    first_token_at: float | None = None  # time.monotonic() of the job's first generated token
 
     @property
     def prefilled(self) -> bool:
@@ -119,6 +122,10 @@ class Scheduler:
             "generating_sequences": len(self.active),
             "prefix_cache_entries": len(self.cache),
         }
+
+    def kv_cells_reserved(self) -> int:
+        """KV cells held by prefix-cache entries plus the most running jobs may add (a snapshot)."""
+        return self.cache.tokens + sum(j.need_cells for j in list(self.jobs))
 
     def stop(self) -> None:
         """Finish the thread: queued and running jobs fail with EngineOverloaded."""
@@ -205,6 +212,7 @@ class Scheduler:
             self._start(job, source, n_shared)
 
     def _start(self, job: Job, source: CacheEntry | None, n_shared: int) -> None:
+        job.admitted_at = time.monotonic()
         if self.settings.deterministic:
             self.model.clear()  # the same cells and extent for the same request, every time
         n = job.req.num_samples
@@ -400,6 +408,8 @@ class Scheduler:
             return self._finish_seq(s, "eos")
         lp, top, top_lp = token_logprob_and_top(row, tok, req.top_k_per_token)
         s.gen.append(tok)
+        if s.job.first_token_at is None:
+            s.job.first_token_at = time.monotonic()
         s.gen_records.append(Record(lp, top, top_lp))
         before = len(s.text)
         piece = s.decoder.feed(self.model.pieces[tok])

@@ -46,3 +46,6 @@ class GenerationResult:
     completions: list[Completion]
     n_prompt_tokens: int
     n_cached_tokens: int  # prompt tokens whose KV came from the prefix cache
+    queue_s: float = 0.0  # seconds from submission to admission by the scheduler
+    first_token_s: float | None = None  # seconds from submission to the first generated token (None: none)
+    n_generated_tokens: int = 0  # generated tokens returned, summed over samples
