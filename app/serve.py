@@ -31,6 +31,8 @@ log = logging.getLogger("app.serve")
 
 # Beyond DRAIN_TIMEOUT, how long gunicorn may take to exit before it is killed (seconds).
 EXIT_GRACE_S = 15
+# How long to wait for gunicorn's socket before nginx starts anyway (seconds).
+SOCKET_WAIT_S = 30
 # How long nginx gets to finish sending answers once gunicorn is gone (seconds).
 NGINX_STOP_S = 10
 # glibc's malloc arenas: one per thread by default, each keeping freed memory; 2 keeps a
@@ -68,11 +70,16 @@ class Supervisor:
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"unix:{self.paths.socket}", "wsgi:app"],
             cwd=ROOT, env=env, start_new_session=True,
         )
+        # nginx starts once gunicorn listens (a second or so), so its first requests find the socket.
+        deadline = time.monotonic() + SOCKET_WAIT_S
+        while not self.paths.socket.exists() and self._alive(self.gunicorn) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self._reap()
         self.nginx = subprocess.Popen(
             [self.nginx_bin, "-e", "stderr", "-p", str(self.paths.run_dir), "-c", str(self.paths.conf)],
             start_new_session=True,
         )
-        log.info("serve: nginx on %s (pid %d) -> gunicorn on %s (pid %d)", self.listen, self.nginx.pid,
+        log.info("nginx on %s (pid %d) -> gunicorn on %s (pid %d)", self.listen, self.nginx.pid,
                  self.paths.socket, self.gunicorn.pid)
 
     def _on_signal(self, signum: int, _frame) -> None:
@@ -127,10 +134,10 @@ class Supervisor:
             return self.drain()
         if not self._alive(self.gunicorn):
             status = self.exited[self.gunicorn.pid]
-            log.error("serve: gunicorn exited with status %s; stopping nginx", status)
+            log.error("gunicorn exited with status %s; stopping nginx", status)
             self._stop_nginx()
             return status or 1
-        log.error("serve: nginx exited with status %s; stopping gunicorn", self.exited[self.nginx.pid])
+        log.error("nginx exited with status %s; stopping gunicorn", self.exited[self.nginx.pid])
         self._kill(self.gunicorn, signal.SIGTERM)
         if not self._wait(self.gunicorn, self.settings.drain_timeout + EXIT_GRACE_S):
             self._kill(self.gunicorn, signal.SIGKILL)
@@ -138,20 +145,20 @@ class Supervisor:
 
     def drain(self) -> int:
         """Refuse new requests (nginx), let gunicorn finish what it holds, then stop both."""
-        log.info("serve: draining: new requests get 503; running ones have %d s", self.settings.drain_timeout)
+        log.info("draining: new requests get 503; running ones have %d s", self.settings.drain_timeout)
         self.paths.draining.touch()
         self._kill(self.gunicorn, signal.SIGTERM)  # gunicorn waits graceful_timeout = DRAIN_TIMEOUT
         deadline = time.monotonic() + self.settings.drain_timeout + EXIT_GRACE_S
         n_signals = len(self.signals)
         while not self._wait(self.gunicorn, 0.2):
             if len(self.signals) > n_signals or time.monotonic() > deadline:  # a second signal: now
-                log.warning("serve: killing gunicorn")
+                log.warning("killing gunicorn")
                 self._kill(self.gunicorn, signal.SIGKILL)
                 self._wait(self.gunicorn, 5)
                 break
         self._stop_nginx()
         status = self.exited.get(self.gunicorn.pid, 1)
-        log.info("serve: stopped (gunicorn exit status %s)", status)
+        log.info("stopped (gunicorn exit status %s)", status)
         return status
 
     def _stop_nginx(self) -> None:
