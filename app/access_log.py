@@ -11,6 +11,7 @@ import logging
 import time
 
 from flask import Flask, Response, g, request
+from werkzeug.exceptions import MethodNotAllowed
 
 log = logging.getLogger("app.access")
 
@@ -46,7 +47,11 @@ def configure_logging(level: str, fmt: str) -> None:
 
 def route_of_request() -> str:
     """The matched URL rule ("/process"), never the raw path: unknown paths are one label."""
-    return request.url_rule.rule if request.url_rule is not None else "unmatched"
+    if request.url_rule is not None:
+        return request.url_rule.rule
+    if isinstance(request.routing_exception, MethodNotAllowed):
+        return request.path  # a known route, another method
+    return "unmatched"
 
 
 def register(app: Flask, on_response=None) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import Settings
+from app.openapi import ROUTES
 
 # Connections one nginx worker holds (a proxied request takes two: client and gunicorn).
 WORKER_CONNECTIONS = 4096
@@ -29,6 +30,11 @@ BODY_BUFFER = "64k"
 def _error(type_: str, message: str) -> str:
     """The app's error body, {"error": {"type", "message", "param"}}, as an nginx string literal."""
     return "'{\"error\": {\"type\": \"%s\", \"message\": \"%s\", \"param\": null}}'" % (type_, message)
+
+
+def allowed_methods() -> dict[str, str]:
+    """The Allow header of each route, as Flask sends it with its 405s (nginx answers TRACE itself)."""
+    return {path: "OPTIONS, POST" if method == "post" else "GET, HEAD, OPTIONS" for method, path, *_ in ROUTES}
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ def render(settings: Settings, paths: ProxyPaths, *, listen: str) -> str:
     unavailable = _error("unavailable", "the server is starting or restarting; retry shortly")
     draining = _error("draining", "the server is shutting down and takes no new requests")
     health_unavailable = "'{\"status\": \"loading\", \"error\": \"the server is starting or restarting\"}'"
+    allow_map = "\n".join(f'        {path} "{methods}";' for path, methods in allowed_methods().items())
     proxy = f"""
             proxy_pass http://gunicorn;
             proxy_request_buffering on;   # the whole body first, then gunicorn
@@ -105,6 +112,12 @@ http {{
     client_max_body_size {settings.max_body_bytes};
     client_body_buffer_size {BODY_BUFFER};
 
+    # nginx refuses TRACE itself (405); its answer names the route's methods too (RFC 9110).
+    map $uri $allow_methods {{
+        default "GET, HEAD, OPTIONS, POST";
+{allow_map}
+    }}
+
     upstream gunicorn {{
         server unix:{paths.socket};
     }}
@@ -112,6 +125,7 @@ http {{
     server {{
         listen {listen} backlog=4096;
         error_page 400 = @bad_request;
+        error_page 405 = @not_allowed;
         error_page 413 = @too_large;
         error_page 502 504 = @unavailable;
 
@@ -136,6 +150,10 @@ http {{
         }}
         location @too_large {{
             return 413 {_error("request_entity_too_large", f"the body is larger than MAX_BODY_BYTES={settings.max_body_bytes}")};
+        }}
+        location @not_allowed {{
+            add_header Allow $allow_methods always;
+            return 405 {_error("method_not_allowed", "the method is not allowed for the requested URL")};
         }}
         location @bad_request {{
             return 400 {_error("bad_request", "malformed HTTP request")};

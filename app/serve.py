@@ -124,8 +124,14 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until a signal or a child's death; returns the exit status."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._serve()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _serve(self) -> int:
         self.start()
         while not self.signals and self._alive(self.gunicorn) and self._alive(self.nginx):
             time.sleep(0.1)
