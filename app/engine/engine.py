@@ -223,7 +223,7 @@ class Engine:
         finally:
             with self._admission:
                 self._in_flight -= 1
-        if timed_out:
+        if timed_out and job.result is None:  # (a result that beat the cancellation is still served)
             self.counters.aborted(req.num_samples, timed_out=True)
             raise RequestTimedOut(self.settings.request_timeout)
         if job.error is not None:
