@@ -1,5 +1,8 @@
 """Ring 3: the operations surface of the server as deployed (nginx + gunicorn): /metrics read by
 prometheus_client's own parser, /health, the API key, 405/OPTIONS through the proxy."""
+import os
+from pathlib import Path
+
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,3 +68,39 @@ def test_the_api_key_over_http(tmp_path_factory, model_path):
     finally:
         s.stop()
     assert KEY not in s.log_path.read_text()
+
+
+def test_whole_number_floats_and_non_finite_numbers_over_http(server):
+    ok = requests.post(server.url + "/process", json={"prompt": "Hi", "max_new_tokens": 2.0, "num_samples": 1.0,
+                                                      "temperature": 1e-7}, timeout=60)
+    assert ok.status_code == 200 and len(ok.json()["tokens"]) <= 2
+    for raw in (b'{"prompt": "Hi", "temperature": Infinity}', b'{"prompt": "Hi", "temperature": 1e400}',
+                b'{"prompt": "Hi", "max_new_tokens": 2.5}', b'{"prompt": "Hi", "max_new_tokens": "5"}'):
+        r = requests.post(server.url + "/process", data=raw, headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 422, raw
+
+
+def _unix_socket_paths(pid: int) -> set[str]:
+    """Paths of the unix sockets process pid holds open (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    paths = set()
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 8 and parts[6] in inodes:
+            paths.add(parts[7])
+    return paths
+
+
+def test_gunicorns_control_socket_is_off(server):
+    # gunicorn 27 opens $XDG_RUNTIME_DIR/gunicorn.ctl (or ~/.gunicorn/gunicorn.ctl) by default:
+    # `gunicornc -c "worker add 1"` then loaded a second copy of the model.
+    paths = _unix_socket_paths(server.gunicorn_pid())
+    assert any(p.endswith("gunicorn.sock") for p in paths), paths  # the socket nginx talks to
+    assert not any(p.endswith(".ctl") for p in paths), paths
