@@ -10,7 +10,11 @@ cd "$(dirname "$0")/.."
 
 apt_install() {
     local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "setup.sh: needs root or sudo to run: apt-get install $*" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    command -v apt-get >/dev/null 2>&1 || { echo "setup.sh: no apt-get here: install $* with this system's package manager" >&2; exit 1; }
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install --yes -qq --no-install-recommends "$@"
 }
