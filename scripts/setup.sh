@@ -3,8 +3,24 @@
 #   scripts/setup.sh            serving only
 #   scripts/setup.sh --dev      plus the build pipeline and the test suite's packages
 # With a CUDA toolkit present (nvcc on PATH), llama-cpp-python is compiled with CUDA.
+# Debian packages (apt-get, as root or through sudo): nginx, which app/serve.py runs in front of
+# gunicorn so that slow clients cost no worker thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "setup.sh: needs root or sudo to run: apt-get install $*" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    command -v apt-get >/dev/null 2>&1 || { echo "setup.sh: no apt-get here: install $* with this system's package manager" >&2; exit 1; }
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install --yes -qq --no-install-recommends "$@"
+}
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    apt_install nginx
+fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate

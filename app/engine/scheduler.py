@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 
 import numpy as np
 
@@ -37,7 +37,6 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.jobs: list[Job] = []  # admitted, not finished
         self.active: list[Seq] = []  # sequences with a token to decode
-        self.counters: Counter[str] = Counter()  # prompt/generation tokens, cache queries/hits, finishes
         self._cv = threading.Condition()
         self._stopping = False
         self.dead: str | None = None  # why the thread ended, if it ended by a bug
@@ -188,7 +187,6 @@ class Scheduler:
                 job.records[i] = placed.source.records[i].truncated(req.top_k_per_token)
         job.n_past = job.n_cached = job.lead.n_past = n
         self.table.computed(lead, job.prompt, n, job.records)
-        self.counters.update(prompt_tokens=len(job.prompt), prefix_cache_queries=len(job.prompt), prefix_cache_hits=n)
         return True
 
     def _compute_chunk(self, c: Chunk) -> None:
@@ -254,7 +252,6 @@ class Scheduler:
         tok = choose_token(row, req.sampling, s.rng)
         if s in self.active:
             self.active.remove(s)
-        self.counters["generation_tokens"] += 1
         job.first_token = job.first_token or time.monotonic()
         if self.model.eog[tok]:
             return self._finish_seq(s, "eos")
@@ -304,7 +301,6 @@ class Scheduler:
 
     def _finished(self, job: Job) -> None:
         self._release(job, keep=True)
-        self.counters["finished_" + ((job.seqs[0].finish_reason if job.seqs else "") or "length")] += 1
         job.finish()
 
     def _fail(self, job: Job, error: BaseException) -> None:
@@ -314,7 +310,6 @@ class Scheduler:
             if job in self.waiting:
                 self.waiting.remove(job)
         self._release(job, keep=False)
-        self.counters["finished_" + ("abort" if isinstance(error, RequestCancelled) else "error")] += 1
         job.finish(error)
 
     def _release(self, job: Job, *, keep: bool) -> None:

@@ -29,3 +29,30 @@ def test_environment_then_overrides():
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises((ValueError, AssertionError), match=message):
         Settings.from_env(env)
+
+
+def test_operations_defaults():
+    s = Settings.from_env({})
+    assert s.queue_limit == 4 * s.n_parallel and s.http_threads == s.n_parallel + s.queue_limit + 16
+    assert s.request_timeout == 600 and s.drain_timeout == 60 and s.api_key == "" and not s.metrics_require_key
+    assert Settings.from_env({"MAX_QUEUED": "0"}).queue_limit == 0
+
+
+def test_api_key_file_and_secrecy(tmp_path):
+    (tmp_path / "key").write_text("k3y-from-file\n")
+    s = Settings.from_env({"API_KEY_FILE": str(tmp_path / "key")})
+    assert s.api_key == "k3y-from-file" and "k3y" not in repr(s)
+    assert Settings.from_env({"API_KEY": "direct"}).api_key == "direct"
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ValueError, match="API_KEY_FILE.*empty"):
+        Settings.from_env({"API_KEY_FILE": str(tmp_path / "empty")})
+    with pytest.raises(ValueError, match="API_KEY_FILE.*cannot be read"):
+        Settings.from_env({"API_KEY_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("env, message", [({"LOG_FORMAT": "xml"}, "LOG_FORMAT"), ({"MAX_QUEUED": "-2"}, "MAX_QUEUED"),
+                                          ({"REQUEST_TIMEOUT": "-1"}, "REQUEST_TIMEOUT"),
+                                          ({"LARGE_BODY_CONCURRENCY": "0"}, "LARGE_BODY_CONCURRENCY")])
+def test_bad_operations_settings_name_the_variable(env, message):
+    with pytest.raises((ValueError, AssertionError), match=message):
+        Settings.from_env(env)

@@ -163,7 +163,7 @@ def test_result_failure_is_the_requests_alone():
     assert job.done.wait(20)
     job.records[1] = None  # a lost record: the result cannot be built
     with pytest.raises(AssertionError):
-        eng._answer(job)
+        eng._answer(job, 0.0, False)
     assert eng.generate(GenerationRequest(prompt="a b", max_new_tokens=2, sampling=GREEDY)).completions[0].tokens
     eng.close()
 
