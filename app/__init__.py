@@ -27,9 +27,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     from app import errors
     from app.api import bp
+    from app.openai_api import bp as openai_bp
 
     errors.register(app)
     app.register_blueprint(bp)
+    app.register_blueprint(openai_bp)
 
     if factory is None:
         from app.engine import Engine

@@ -4,10 +4,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import queue
 import secrets
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from app.config import Settings
 from app.engine.errors import (
@@ -16,7 +17,7 @@ from app.engine.errors import (
     EngineNotReady,
     TokenOutOfRange,
 )
-from app.engine.types import GenerationRequest, GenerationResult
+from app.engine.types import GenerationRequest, GenerationResult, StreamPiece
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,19 @@ class Engine:
 
     # ---- tokenizer (no scheduler: never waits behind generation) ----
 
-    def tokenize(self, text: str, *, truncation: bool = False, max_length: int | None = None) -> list[int]:
-        """Token ids the model sees for `text` (BOS included where the model adds one)."""
-        ids = self._require().tokenize(text, add_special=True, parse_special=self.settings.parse_special)
+    def tokenize(
+        self,
+        text: str,
+        *,
+        truncation: bool = False,
+        max_length: int | None = None,
+        add_special: bool = True,
+        parse_special: bool | None = None,
+    ) -> list[int]:
+        """Token ids the model sees for `text` (BOS included where the model adds one and add_special
+        is set; special-token texts parsed per parse_special, default the PARSE_SPECIAL setting)."""
+        parse = self.settings.parse_special if parse_special is None else parse_special
+        ids = self._require().tokenize(text, add_special=add_special, parse_special=parse)
         if truncation and max_length is not None:
             ids = ids[:max_length]
         return ids
@@ -140,16 +151,75 @@ class Engine:
                 raise TokenOutOfRange(i, t, model.n_vocab)
         return b"".join(model.pieces[t] for t in tokens).decode("utf-8", errors="replace")
 
+    def special_tokens(self) -> dict[str, str | None]:
+        """Texts of the BOS and EOS tokens ("<|im_start|>", "<|im_end|>"), None where there is none."""
+        model = self._require()
+        ids = model.special_token_ids()
+        return {f"{k}_token": model.token_text(v) if v is not None else None for k, v in ids.items()}
+
+    def chat_template(self) -> str | None:
+        """The model's own chat template (GGUF tokenizer.chat_template), None if it has none."""
+        return self._require().chat_template()
+
     # ---- generation and scoring ----
 
     def generate(
         self, req: GenerationRequest, *, is_disconnected: Callable[[], bool] | None = None
     ) -> GenerationResult:
-        """Run one /process request through the scheduler and wait for it."""
+        """Run one request through the scheduler and wait for it."""
+        job = self._job(req)
+        self._scheduler.submit(job)
+        while not job.done.wait(POLL_INTERVAL_S):
+            if is_disconnected is not None and is_disconnected():
+                self._scheduler.cancel(job)
+                job.done.wait()
+                break
+        return self._outcome(job)
+
+    def stream(
+        self, req: GenerationRequest, *, is_disconnected: Callable[[], bool] | None = None
+    ) -> Iterator[StreamPiece | GenerationResult]:
+        """Run one request: it is checked and queued at the call (errors raise here); iterating the
+        answer yields each generated token as it comes (StreamPiece), then the GenerationResult.
+        Closing the iterator early cancels the request and frees its sequences."""
+        job = self._job(req)
+        job.progress = queue.SimpleQueue()
+        self._scheduler.submit(job)
+        return self._follow(job, is_disconnected)
+
+    def _follow(self, job, is_disconnected: Callable[[], bool] | None) -> Iterator[StreamPiece | GenerationResult]:
+        try:
+            while True:
+                try:
+                    item = job.progress.get(timeout=POLL_INTERVAL_S)
+                except queue.Empty:
+                    if is_disconnected is not None and is_disconnected():
+                        self._scheduler.cancel(job)
+                        job.done.wait()
+                        break
+                    continue
+                if item is None:
+                    break
+                yield StreamPiece(index=item[0], text=item[1], token=item[2])
+            yield self._outcome(job)
+        finally:
+            if not job.done.is_set():  # the consumer stopped early: drop the job
+                self._scheduler.cancel(job)
+
+    def _job(self, req: GenerationRequest):
+        """Tokenize (or take the given ids), check the context, make the scheduler's job."""
         from app.engine.scheduler import Job
 
         model = self._require()
-        prompt = model.tokenize(req.prompt, add_special=True, parse_special=self.settings.parse_special)
+        if req.prompt_ids is not None:
+            for i, t in enumerate(req.prompt_ids):
+                if not 0 <= t < model.n_vocab:
+                    raise TokenOutOfRange(i, t, model.n_vocab)
+            prompt, n_hidden = list(req.prompt_ids), 0  # used as given: nothing added, nothing hidden
+        else:
+            parse = self.settings.parse_special if req.parse_special is None else req.parse_special
+            prompt = model.tokenize(req.prompt, add_special=True, parse_special=parse)
+            n_hidden = 1 if model.info.add_bos else 0
         n_ctx = self.settings.n_ctx
         if len(prompt) + req.max_new_tokens > n_ctx:
             raise ContextLengthExceeded(len(prompt), req.max_new_tokens, n_ctx)
@@ -163,15 +233,13 @@ class Engine:
             number=next(self._numbers),
             req=req,
             prompt=prompt,
-            n_hidden=1 if model.info.add_bos else 0,
+            n_hidden=n_hidden,
             rng_seed=seed if seed >= 0 else secrets.randbits(63),
         )
-        self._scheduler.submit(job)
-        while not job.done.wait(POLL_INTERVAL_S):
-            if is_disconnected is not None and is_disconnected():
-                self._scheduler.cancel(job)
-                job.done.wait()
-                break
+        return job
+
+    @staticmethod
+    def _outcome(job) -> GenerationResult:
         if job.error is not None:
             raise job.error
         if job.result is None:

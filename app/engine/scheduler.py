@@ -7,6 +7,7 @@ Finished sequences stay in the KV cache as prefix-cache entries that later promp
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class Job:
     result: GenerationResult | None = None
     error: BaseException | None = None
     cancelled: bool = False
+    # Streaming: (sample index, text, TokenLogprob) per generated token, then None once done.
+    progress: queue.SimpleQueue | None = None
 
     @property
     def prefilled(self) -> bool:
@@ -213,7 +216,7 @@ class Scheduler:
             Seq(id=i, job=job, index=k, rng=np.random.default_rng([job.rng_seed, k])) for k, i in enumerate(ids)
         ]
         job.records = [None] * len(job.prompt)
-        if job.req.echo_prompt and not self.model.info.add_bos:
+        if job.req.echo_prompt and job.n_hidden == 0:  # no BOS shown before it: score it after the start token
             job.records[0] = self._record(self._start_lp, job.prompt[0], job.req.top_k_per_token)
         if job.req.max_new_tokens == 0 and not job.req.echo_prompt:
             self.jobs.append(job)
@@ -397,6 +400,11 @@ class Scheduler:
         if s in self.active:
             self.active.remove(s)
         if self.model.eog[tok]:
+            if req.include_eog:  # returned as the last token, text "" (as OpenAI and vLLM do)
+                lp, top, top_lp = token_logprob_and_top(row, tok, req.top_k_per_token)
+                s.gen.append(tok)
+                s.gen_records.append(Record(lp, top, top_lp))
+                s.gen_texts.append("")
             return self._finish_seq(s, "eos")
         lp, top, top_lp = token_logprob_and_top(row, tok, req.top_k_per_token)
         s.gen.append(tok)
@@ -405,6 +413,8 @@ class Scheduler:
         piece = s.decoder.feed(self.model.pieces[tok])
         s.gen_texts.append(piece)
         s.text += piece
+        if s.job.progress is not None:
+            s.job.progress.put((s.index, piece, self._token(piece, s.gen_records[-1])))
         if req.stop_sequences:
             cut = find_stop(s.text, req.stop_sequences, stop_search_start(before, req.stop_sequences))
             if cut != -1:
@@ -437,6 +447,8 @@ class Scheduler:
             job.error = EngineError("internal error")
         self._release(job)
         job.done.set()
+        if job.progress is not None:
+            job.progress.put(None)
 
     def _fail(self, job: Job, error: BaseException) -> None:
         if job.done.is_set():
@@ -444,6 +456,8 @@ class Scheduler:
         job.error = error
         self._release(job, keep=False)
         job.done.set()
+        if job.progress is not None:
+            job.progress.put(None)
 
     def _release(self, job: Job, *, keep: bool = True) -> None:
         """Return the job's sequences: the lead becomes a prefix-cache entry, the rest are freed."""

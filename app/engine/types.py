@@ -8,9 +8,10 @@ from app.engine.sampling import SamplingParams
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One /process call, already validated."""
+    """One generation or scoring job, already validated (a /process call, or one prompt of a
+    /v1/completions call)."""
 
-    prompt: str
+    prompt: str  # the text to continue; with prompt_ids, their text (what echo shows)
     max_new_tokens: int = 50
     num_samples: int = 1
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -18,6 +19,15 @@ class GenerationRequest:
     echo_prompt: bool = False
     top_k_per_token: int = 1
     stop_sequences: tuple[str, ...] = ()
+    # Token ids used as the prompt exactly as given: no BOS added, no tokenization (OpenAI-style
+    # token prompts). Echo then shows every one of them.
+    prompt_ids: tuple[int, ...] | None = None
+    # Return an end-of-generation token that ends a sample as its last token (text "", with its
+    # logprob), as vLLM and OpenAI do; /process leaves it out.
+    include_eog: bool = False
+    # Whether special-token texts ("<|im_end|>") in `prompt` become special tokens; None: the
+    # PARSE_SPECIAL setting (/process). The OpenAI routes tokenize as vLLM does (True).
+    parse_special: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -46,3 +56,12 @@ class GenerationResult:
     completions: list[Completion]
     n_prompt_tokens: int
     n_cached_tokens: int  # prompt tokens whose KV came from the prefix cache
+
+
+@dataclass(frozen=True)
+class StreamPiece:
+    """Text of one newly generated token of sample `index`, before stop-sequence cutting."""
+
+    index: int
+    text: str
+    token: TokenLogprob | None = None  # its logprob and top alternatives
