@@ -68,7 +68,7 @@ def completions():
     reqs = m.completion_requests(body, prompts, _settings(), _engine().decode)
     # Where the model adds BOS to a text prompt, echo hides it and the first shown token has context.
     hidden = [1 if p.ids is None and info.get("add_bos") else 0 for p in prompts]
-    head = dict(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=names[0])
+    head = dict(id=f"cmpl-{uuid.uuid4().hex}", object="text_completion", created=int(time.time()), model=names[0])
     probe = disconnect_probe(request.environ)
     if body.stream:
         events = fanout.stream_all(_engine(), reqs, is_disconnected=probe)
@@ -81,7 +81,7 @@ def completions():
             choices.append(m.completion_choice(len(choices), c, echo=bool(body.echo), shown=shown, logprobs=body.logprobs))
             n_gen += m.generated(c, echo=bool(body.echo), shown=shown)
     usage = m.usage(sum(r.n_prompt_tokens for r in results), n_gen)
-    return jsonify({**head, "object": "text_completion", "choices": choices, "usage": usage})
+    return jsonify({**head, "choices": choices, "usage": usage})
 
 
 @bp.post("/v1/chat/completions")
@@ -105,7 +105,7 @@ def chat_completions():
     # The template writes the special tokens itself (BOS included): parse them, add none (as vLLM).
     ids = engine.tokenize(text, add_special=False, parse_special=True)
     req = m.chat_request(body, ids, text, _settings())
-    head = dict(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=names[0])
+    head = dict(id=f"chatcmpl-{uuid.uuid4().hex}", object="chat.completion", created=int(time.time()), model=names[0])
     probe = disconnect_probe(request.environ)
     top = body.top_logprobs or 0
     if body.stream:
@@ -114,7 +114,7 @@ def chat_completions():
     res = engine.generate(req, is_disconnected=probe)
     choices = [m.chat_choice(i, c, logprobs=bool(body.logprobs), top=top) for i, c in enumerate(res.completions)]
     usage = m.usage(res.n_prompt_tokens, sum(len(c.tokens) for c in res.completions))
-    return jsonify({**head, "object": "chat.completion", "choices": choices, "usage": usage})
+    return jsonify({**head, "choices": choices, "usage": usage})
 
 
 @bp.get("/v1/models")
