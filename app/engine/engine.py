@@ -193,14 +193,15 @@ class Engine:
                 try:
                     item = job.progress.get(timeout=POLL_INTERVAL_S)
                 except queue.Empty:
-                    if is_disconnected is not None and is_disconnected():
-                        self._scheduler.cancel(job)
-                        job.done.wait()
-                        break
-                    continue
+                    item = ()  # nothing new: still look at the client
                 if item is None:
                     break
-                yield StreamPiece(index=item[0], text=item[1], token=item[2])
+                if is_disconnected is not None and is_disconnected():
+                    self._scheduler.cancel(job)
+                    job.done.wait()
+                    break
+                if item:
+                    yield StreamPiece(index=item[0], text=item[1], token=item[2])
             yield self._outcome(job)
         finally:
             if not job.done.is_set():  # the consumer stopped early: drop the job
