@@ -77,7 +77,7 @@ def completions():
     choices, n_gen = [], 0
     for res, h in zip(results, hidden):
         shown = m.Shown(n_prompt=res.n_prompt_tokens - h, null_first=h == 0)
-        for c in res.completions:
+        for c in m.best_n(res.completions, m.n_of(body, _settings())):
             choices.append(m.completion_choice(len(choices), c, echo=bool(body.echo), shown=shown, logprobs=body.logprobs))
             n_gen += m.generated(c, echo=bool(body.echo), shown=shown)
     usage = m.usage(sum(r.n_prompt_tokens for r in results), n_gen)

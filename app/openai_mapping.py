@@ -144,9 +144,13 @@ def completion_requests(
 ) -> list[GenerationRequest]:
     """One engine request per prompt, all with the same settings."""
     n = n_of(body, settings)
-    if body.best_of not in (None, 1, n):
-        raise OpenAIError(f"best_of={body.best_of} is not supported: only 1 or n ({n})", param="best_of",
-                          code="unsupported_value")
+    best = n if body.best_of is None or body.best_of == 1 else body.best_of  # HELM sends 1 with any n
+    if best < n or best > settings.max_num_samples:
+        raise OpenAIError(f"best_of={best} must be in n..{settings.max_num_samples} (n={n})", param="best_of",
+                          code="invalid_value")
+    if best > n and body.stream:
+        raise OpenAIError("best_of above n cannot stream: the best are known only at the end", param="best_of",
+                          code="invalid_value")
     echo = bool(body.echo)
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     if max_tokens == 0 and not echo:
@@ -157,7 +161,7 @@ def completion_requests(
                           param="max_tokens", code="context_length_exceeded")
     top = _top_n(body.logprobs, "logprobs", settings)
     common = dict(
-        max_new_tokens=max_tokens, num_samples=n, sampling=sampling_of(body), seed=body.seed, echo_prompt=echo,
+        max_new_tokens=max_tokens, num_samples=best, sampling=sampling_of(body), seed=body.seed, echo_prompt=echo,
         top_k_per_token=max(1, top), stop_sequences=stops_of(body.stop), include_eog=True, parse_special=True,
     )
     return [
@@ -242,6 +246,13 @@ def completion_choice(index: int, c: Completion, *, echo: bool, shown: Shown, lo
 def generated(c: Completion, *, echo: bool, shown: Shown) -> int:
     """Tokens a completion generated (its echoed prompt tokens excluded)."""
     return len(c.tokens) - (shown.n_prompt if echo else 0)
+
+
+def best_n(completions: Sequence[Completion], n: int) -> list[Completion]:
+    """With best_of above n: the n samples of the highest total logprob (vLLM's sampling best_of)."""
+    if len(completions) <= n:
+        return list(completions)
+    return sorted(completions, key=lambda c: -c.logprob)[:n]
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

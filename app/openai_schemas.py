@@ -84,7 +84,8 @@ class CompletionRequest(_Sampling):
     echo: Optional[bool] = Field(None, description="Return the prompt (and its tokens' logprobs) before the completion.")
     logprobs: Optional[int] = Field(None, ge=0, description="Top-N alternatives per token (plus the chosen token), "
                                                             "N at most MAX_TOP_K_PER_TOKEN.")
-    best_of: Optional[int] = Field(None, ge=1, description="Only 1 or n (no re-ranking).")
+    best_of: Optional[int] = Field(None, ge=1, description="Samples drawn per prompt (n..MAX_NUM_SAMPLES); the n with "
+                                                           "the highest total logprob are returned. Not with stream.")
 
     _prompt_ok = field_validator("prompt", mode="before")(_prompt_shape)
 

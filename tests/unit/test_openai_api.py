@@ -135,7 +135,9 @@ def test_max_tokens_zero_with_echo_scores_the_prompt(client):
         ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
         ({"prompt": "x", "temperature": -1}, 400, "temperature"),
         ({"prompt": "x", "top_p": 0}, 400, "top_p"),
-        ({"prompt": "x", "best_of": 3}, 400, "best_of"),
+        ({"prompt": "x", "best_of": 2, "n": 3}, 400, "best_of"),
+        ({"prompt": "x", "best_of": 5}, 400, "best_of"),
+        ({"prompt": "x", "best_of": 3, "stream": True}, 400, "best_of"),
         ({"prompt": "x", "presence_penalty": 0.5}, 400, "presence_penalty"),
         ({"prompt": "x", "frequency_penalty": 1}, 400, "frequency_penalty"),
         ({"prompt": "x", "logit_bias": {"1": 5}}, 400, "logit_bias"),
@@ -156,6 +158,15 @@ def test_bad_completion_requests_are_4xx_naming_the_field(client, body, status, 
 def test_malformed_bodies_are_400_in_openai_shape(client, raw):
     r = post(client, "/v1/completions", raw)
     assert_openai_error(r, 400, None)
+
+
+def test_best_of_draws_more_and_returns_n(client):
+    r = post(client, "/v1/completions", {"prompt": ["ab", "cd"], "best_of": 3, "n": 2, "max_tokens": 2})
+    assert engine_of(client).requests[-1].num_samples == 3
+    assert [c["index"] for c in r.json["choices"]] == [0, 1, 2, 3]
+    assert r.json["usage"]["completion_tokens"] == 8
+    post(client, "/v1/completions", {"prompt": "ab", "best_of": 1, "n": 2, "max_tokens": 1})  # HELM sends this
+    assert engine_of(client).requests[-1].num_samples == 2
 
 
 def test_neutral_values_of_unsupported_fields_are_accepted(client):
@@ -289,3 +300,9 @@ def test_engine_errors_keep_the_openai_shape():
     _, client = make_client(factory=lambda s: FakeEngine(s, ready=False))
     assert_openai_error(post(client, "/v1/completions", {"prompt": "x"}), 503, None)
     assert client.get("/v1/models").status_code == 503
+
+
+def test_oversized_body_is_413_in_openai_shape():
+    _, client = make_client(max_body_bytes=2048)
+    r = post(client, "/v1/completions", {"prompt": "x" * 5000})
+    assert_openai_error(r, 413, None)

@@ -103,6 +103,13 @@ def test_choice_and_generated_count():
     assert m.generated(c, echo=False, shown=shown) == 4
 
 
+def test_best_n_keeps_the_highest_total_logprobs_in_order():
+    cs = [Completion(text=t, tokens=[], logprob=lp, finish_reason="length") for t, lp in
+          (("a", -3.0), ("b", -1.0), ("c", -2.0), ("d", -1.0))]
+    assert [c.text for c in m.best_n(cs, 2)] == ["b", "d"]
+    assert [c.text for c in m.best_n(cs, 4)] == ["a", "b", "c", "d"]
+
+
 def test_chat_request_room_and_names():
     b = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "n": 2})
     req = m.chat_request(b, list(range(100)), "x" * 100, SETTINGS)
