@@ -22,6 +22,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from app import access_log, auth, errors
     from app.api import bp
     from app.metrics import Metrics
+    from app.openai_api import bp as openai_bp
 
     access_log.configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
@@ -45,6 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     auth.register(app, settings)
     app.before_request(_answer_options)
     app.register_blueprint(bp)
+    app.register_blueprint(openai_bp)
     return app
 
 

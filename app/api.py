@@ -1,6 +1,7 @@
 """The HTTP API: parse, validate, call the engine, return JSON. Shapes live in app/schemas.py."""
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from typing import Iterator, TypeVar
@@ -8,7 +9,7 @@ from typing import Iterator, TypeVar
 import pydantic
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from app import schemas
+from app import openai_schemas, schemas
 from app.config import Settings
 from app.engine.errors import EngineOverloaded
 from app.engine.sampling import SamplingParams
@@ -49,10 +50,10 @@ def _turn_for_large_body() -> Iterator[None]:
         turns.release()
 
 
-def _parse(model: type[M]) -> M:
+def _parse(model: type[M], raw: bytes | None = None) -> M:
     """Validate the raw body against a declared model (malformed JSON is a 422 too)."""
     try:
-        return model.model_validate_json(request.get_data(cache=False) or b"")
+        return model.model_validate_json(request.get_data(cache=False) if raw is None else raw)
     except pydantic.ValidationError as exc:
         raise RequestInvalid.from_pydantic(exc) from None
 
@@ -124,12 +125,34 @@ def process():
     return jsonify(body)
 
 
+def _prompt_form(raw: bytes) -> bool:
+    """True for vLLM's {"prompt", "add_special_tokens"} (lm-eval's remote tokenizer); HELM sends "text"."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and "prompt" in doc and "text" not in doc
+
+
 @bp.post("/tokenize")
 def tokenize():
-    """Token ids of a text, as the model sees them (BOS included where the model adds one)."""
+    """Token ids of a text, as the model sees them (BOS included where the model adds one).
+
+    HELM's {"text", "truncation", "max_length"} -> {"tokens", "request_time"}; vLLM's
+    {"prompt", "add_special_tokens"} -> {"count", "max_model_len", "tokens"}, with special-token
+    texts parsed as vLLM's tokenizer does.
+    """
     t0 = time.perf_counter()
     with _turn_for_large_body():
-        body = _parse(schemas.TokenizeRequest)
+        raw = request.get_data(cache=False) or b""
+        if _prompt_form(raw):
+            vbody = _parse(openai_schemas.PromptTokenizeRequest, raw)
+            del raw
+            tokens = _engine().tokenize(vbody.prompt, add_special=vbody.add_special_tokens, parse_special=True)
+            g.prompt_tokens = len(tokens)
+            return jsonify(count=len(tokens), max_model_len=_settings().n_ctx, tokens=tokens)
+        body = _parse(schemas.TokenizeRequest, raw)
+        del raw
         tokens = _engine().tokenize(body.text, truncation=body.truncation, max_length=body.max_length)
         del body  # the text can be megabytes: free it before the answer is built
         g.prompt_tokens = len(tokens)

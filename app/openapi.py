@@ -1,4 +1,4 @@
-"""openapi.json, made from the declarations in app/schemas.py.
+"""openapi.json, made from the declarations in app/schemas.py and app/openai_schemas.py.
 
     python -m app.openapi           # rewrite the repository's openapi.json
     python -m app.openapi --check   # exit 1 if openapi.json has drifted from the declarations
@@ -9,32 +9,63 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Union
 
 from pydantic import BaseModel
 
+from app import openai_schemas as oa
 from app import schemas
 from app.config import Settings
 
 PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 REF = "#/components/schemas/{model}"
 
+Models = Union[type[BaseModel], tuple[type[BaseModel], ...], None]  # a tuple: any one of them
+
+
+class Route(NamedTuple):
+    method: str
+    path: str
+    summary: str
+    request: Models
+    response: Models
+    errors: dict[str, str]  # status -> description, beyond 422 for the HELM routes
+    error_model: type[BaseModel] = schemas.ErrorResponse
+    stream: type[BaseModel] | None = None  # the event of a text/event-stream answer (stream: true)
+
+
 UNAUTHORIZED = "API key missing or wrong (only when the server has API_KEY set)"
 UNAVAILABLE = "Model not loaded yet, server draining, or queue full (see Retry-After)"
 TOO_LARGE = "Body larger than MAX_BODY_BYTES"
+TIMEOUT = "Not finished within REQUEST_TIMEOUT: cancelled"
+_OPENAI_ERRORS = {"400": "Invalid or unsupported request (OpenAI error shape, naming the field)",
+                  "401": UNAUTHORIZED, "404": "Unknown model", "413": TOO_LARGE, "503": UNAVAILABLE, "504": TIMEOUT}
 
-# (method, path, summary, request model, response model, error responses beyond 422)
-ROUTES: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None, dict[str, str]]] = [
-    ("post", "/process", "Generate or score a completion", schemas.ProcessRequest, schemas.ProcessResponse,
-     {"400": "Prompt and max_new_tokens do not fit in the context window", "401": UNAUTHORIZED,
-      "413": TOO_LARGE, "503": UNAVAILABLE, "504": "Not finished within REQUEST_TIMEOUT: cancelled"}),
-    ("post", "/tokenize", "Tokenize a text", schemas.TokenizeRequest, schemas.TokenizeResponse,
-     {"401": UNAUTHORIZED, "413": TOO_LARGE, "503": UNAVAILABLE}),
-    ("post", "/decode", "Decode token ids to text", schemas.DecodeRequest, schemas.DecodeResponse,
-     {"401": UNAUTHORIZED, "413": TOO_LARGE, "503": UNAVAILABLE}),
-    ("get", "/health", "Model facts once loaded", None, schemas.HealthResponse, {}),
-    ("get", "/metrics", "Prometheus metrics (text format 0.0.4)", None, None, {"401": UNAUTHORIZED, "503": UNAVAILABLE}),
-    ("get", "/openapi.json", "This document", None, None, {"401": UNAUTHORIZED, "503": UNAVAILABLE}),
+ROUTES: list[Route] = [
+    Route("post", "/process", "Generate or score a completion", schemas.ProcessRequest, schemas.ProcessResponse,
+          {"400": "Prompt and max_new_tokens do not fit in the context window", "401": UNAUTHORIZED,
+           "413": TOO_LARGE, "503": UNAVAILABLE, "504": TIMEOUT}),
+    Route("post", "/tokenize", "Tokenize a text (HELM's form, or vLLM's {prompt, add_special_tokens})",
+          (schemas.TokenizeRequest, oa.PromptTokenizeRequest), (schemas.TokenizeResponse, oa.PromptTokenizeResponse),
+          {"401": UNAUTHORIZED, "413": TOO_LARGE, "503": UNAVAILABLE}),
+    Route("post", "/decode", "Decode token ids to text", schemas.DecodeRequest, schemas.DecodeResponse,
+          {"401": UNAUTHORIZED, "413": TOO_LARGE, "503": UNAVAILABLE}),
+    Route("get", "/health", "Model facts once loaded", None, schemas.HealthResponse, {}),
+    Route("get", "/metrics", "Prometheus metrics (text format 0.0.4)", None, None,
+          {"401": UNAUTHORIZED, "503": UNAVAILABLE}),
+    Route("get", "/openapi.json", "This document", None, None, {"401": UNAUTHORIZED, "503": UNAVAILABLE}),
+    Route("post", "/v1/completions", "OpenAI-compatible completions (vLLM's shapes); score with echo",
+          oa.CompletionRequest, oa.CompletionResponse, _OPENAI_ERRORS, oa.OpenAIErrorResponse, oa.CompletionChunk),
+    Route("post", "/v1/chat/completions", "OpenAI-compatible chat, with the model's own chat template",
+          oa.ChatCompletionRequest, oa.ChatCompletionResponse, _OPENAI_ERRORS, oa.OpenAIErrorResponse,
+          oa.ChatCompletionChunk),
+    Route("get", "/v1/models", "The served model", None, oa.ModelList, {"401": UNAUTHORIZED, "503": UNAVAILABLE},
+          oa.OpenAIErrorResponse),
+    Route("get", "/tokenizer_info", "Special tokens and chat template (lm-eval's remote tokenizer)", None,
+          oa.TokenizerInfo, {"401": UNAUTHORIZED, "503": UNAVAILABLE}, oa.OpenAIErrorResponse),
+    Route("post", "/detokenize", "Text of token ids (vLLM's form)", oa.DetokenizeRequest, oa.DetokenizeResponse,
+          {"400": "Token id out of the vocabulary", "401": UNAUTHORIZED, "413": TOO_LARGE, "503": UNAVAILABLE},
+          oa.OpenAIErrorResponse),
 ]
 
 # ProcessRequest fields whose largest value is this server's setting (declared as "maximum").
@@ -67,26 +98,40 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
         components[model.__name__] = schema
         return model.__name__
 
+    def content(models: Models, mode: str) -> dict[str, Any]:
+        if models is None:
+            return {"application/json": {"schema": {}}}
+        if isinstance(models, tuple):
+            refs = [{"$ref": REF.format(model=add(x, mode))} for x in models]
+            return {"application/json": {"schema": {"anyOf": refs}}}
+        return _json(add(models, mode))
+
     add(schemas.HTTPValidationError, "serialization")
     add(schemas.ErrorResponse, "serialization")
     paths: dict[str, Any] = {}
-    for method, path, summary, req, resp, errors in ROUTES:
-        op: dict[str, Any] = {"summary": summary, "operationId": f"{method}_{path.strip('/').replace('.', '_')}"}
+    for r in ROUTES:
+        op_id = f"{r.method}_{r.path.strip('/').replace('.', '_').replace('/', '_')}"
+        op: dict[str, Any] = {"summary": r.summary, "operationId": op_id}
         ok: dict[str, Any] = {"description": "Successful Response"}
-        if path == "/metrics":
+        if r.path == "/metrics":
             ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
         else:
-            ok["content"] = _json(add(resp, "serialization")) if resp else {"application/json": {"schema": {}}}
+            ok["content"] = content(r.response, "serialization")
+        if r.stream is not None:
+            ok["content"]["text/event-stream"] = {"schema": {"$ref": REF.format(model=add(r.stream, "serialization"))}}
         op["responses"] = {"200": ok}
-        if resp is schemas.HealthResponse:
+        if r.response is schemas.HealthResponse:
             op["responses"]["503"] = {"description": "Model loading, failed to load, or server draining",
-                                      "content": _json(resp.__name__)}
-        if req is not None:
-            op["requestBody"] = {"required": True, "content": _json(add(req, "validation"))}
-            op["responses"]["422"] = {"description": "Validation Error", "content": _json("HTTPValidationError")}
-        for code, text in errors.items():
-            op["responses"][code] = {"description": text, "content": _json("ErrorResponse")}
-        paths[path] = {method: op}
+                                      "content": _json(schemas.HealthResponse.__name__)}
+        openai = r.error_model is not schemas.ErrorResponse
+        if r.request is not None:
+            op["requestBody"] = {"required": True, "content": content(r.request, "validation")}
+            if not openai:  # the OpenAI routes answer bad input with a 400 in their own shape
+                op["responses"]["422"] = {"description": "Validation Error", "content": _json("HTTPValidationError")}
+        error_ref = add(r.error_model, "serialization")
+        for code, text in r.errors.items():
+            op["responses"][code] = {"description": text, "content": _json(error_ref)}
+        paths[r.path] = {r.method: op}
     return {
         "openapi": "3.1.0",
         "info": {"title": "HELM evaluation server (llama.cpp)", "version": "1.0.0"},

@@ -5,16 +5,30 @@ import threading
 
 from app.config import Settings
 from app.engine.errors import ContextLengthExceeded, EngineError, EngineNotReady, TokenOutOfRange
-from app.engine.types import Completion, GenerationRequest, GenerationResult, TokenLogprob
+from app.engine.types import Completion, GenerationRequest, GenerationResult, StreamPiece, TokenLogprob
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}"
+    "<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 
 
 class FakeEngine:
-    """Characters are tokens (id = code point); generation repeats the prompt's last character."""
+    """Characters are tokens (id = code point); generation repeats the prompt's last character.
+
+    Echoed prompt tokens score -1.0 with top_logprob {char: -1.0, "~": -2.0}; generated ones -0.5
+    with {char: -0.5, "~": -3.0} (greedy). A prompt ending in "$" ends its sample with an
+    end-of-generation token after one character (text "", logprob -0.25), returned only with
+    include_eog. chat_template is CHAT_TEMPLATE unless the factory passes another (or None).
+    """
 
     n_vocab = 0x110000
 
-    def __init__(self, settings: Settings, *, ready: bool = True, fail_with: Exception | None = None) -> None:
+    def __init__(self, settings: Settings, *, ready: bool = True, fail_with: Exception | None = None,
+                 template: str | None = CHAT_TEMPLATE) -> None:
         self.settings = settings
+        self.template = template
         self._ready = threading.Event()
         self._start_ready = ready
         self.fail_with = fail_with
@@ -30,7 +44,8 @@ class FakeEngine:
     def info(self) -> dict:
         if not self._ready.is_set():
             return {"status": "loading"}
-        return {"status": "ok", "model": "fake", "quant": "none", "n_ctx": self.settings.n_ctx}
+        return {"status": "ok", "model": "fake", "quant": "none", "n_ctx": self.settings.n_ctx, "n_vocab": self.n_vocab,
+                "add_bos": False, "manifest": None}
 
     def stats(self) -> dict:
         """What Engine.stats() reports, with the fake's own counts."""
@@ -43,7 +58,8 @@ class FakeEngine:
         if not self._ready.is_set():
             raise EngineNotReady("the model is still loading")
 
-    def tokenize(self, text: str, *, truncation: bool = False, max_length: int | None = None) -> list[int]:
+    def tokenize(self, text: str, *, truncation: bool = False, max_length: int | None = None,
+                 add_special: bool = True, parse_special: bool | None = None) -> list[int]:
         self._require()
         ids = [ord(c) for c in text]
         return ids[:max_length] if truncation and max_length is not None else ids
@@ -55,20 +71,48 @@ class FakeEngine:
                 raise TokenOutOfRange(i, t, self.n_vocab)
         return "".join(chr(t) for t in tokens)
 
+    def special_tokens(self) -> dict:
+        self._require()
+        return {"bos_token": None, "eos_token": "</s>"}
+
+    def chat_template(self) -> str | None:
+        self._require()
+        return self.template
+
     def generate(self, req: GenerationRequest, *, is_disconnected=None) -> GenerationResult:
         self._require()
         self.requests.append(req)
         if self.fail_with is not None:
             raise self.fail_with
+        if req.prompt_ids is not None:
+            self.decode(req.prompt_ids)  # ids out of range raise, as the engine does
         if len(req.prompt) + req.max_new_tokens > self.settings.n_ctx:
             raise ContextLengthExceeded(len(req.prompt), req.max_new_tokens, self.settings.n_ctx)
-        gen = [TokenLogprob(req.prompt[-1], -0.5, {req.prompt[-1]: -0.5}) for _ in range(req.max_new_tokens)]
-        shown = [TokenLogprob(c, -1.0, {c: -1.0}) for c in req.prompt] if req.echo_prompt else []
+        last = req.prompt[-1]
+        ends = last == "$" and req.max_new_tokens > 0
+        n_gen = min(1, req.max_new_tokens) if ends else req.max_new_tokens
+        gen = [TokenLogprob(last, -0.5, {last: -0.5, "~": -3.0}) for _ in range(n_gen)]
+        if ends and req.include_eog:
+            gen.append(TokenLogprob("", -0.25, {"": -0.25, "~": -3.0}))
+        shown = [TokenLogprob(c, -1.0, {c: -1.0, "~": -2.0}) for c in req.prompt] if req.echo_prompt else []
         tokens = shown + gen
-        text = (req.prompt if req.echo_prompt else "") + req.prompt[-1] * req.max_new_tokens
-        c = Completion(text=text, tokens=tokens, logprob=sum(t.logprob for t in tokens), finish_reason="length")
+        text = (req.prompt if req.echo_prompt else "") + last * n_gen
+        reason = "eos" if ends else "length"
+        c = Completion(text=text, tokens=tokens, logprob=sum(t.logprob for t in tokens), finish_reason=reason)
         return GenerationResult(completions=[c] * req.num_samples, n_prompt_tokens=len(req.prompt), n_cached_tokens=0,
-                                queue_s=0.5, first_token_s=0.75, n_generated_tokens=req.num_samples * req.max_new_tokens)
+                                queue_s=0.5, first_token_s=0.75, n_generated_tokens=req.num_samples * n_gen)
+
+    def stream(self, req: GenerationRequest, *, is_disconnected=None):
+        result = self.generate(req)  # errors raise at the call, as the engine's do
+
+        def follow():
+            for i, c in enumerate(result.completions):
+                for t in c.tokens[len(req.prompt) if req.echo_prompt else 0 :]:
+                    if t.text:  # the engine streams no end-of-generation token
+                        yield StreamPiece(index=i, text=t.text, token=t)
+            yield result
+
+        return follow()
 
 
 class BrokenEngine(FakeEngine):

@@ -182,16 +182,19 @@ class Engine:
         """The GGUF's own chat template (tokenizer.chat_template), if it has one."""
         return self._require().info.chat_template
 
-    def special_tokens(self) -> dict[str, str]:
-        """Texts of the model's BOS and EOS tokens."""
+    def special_tokens(self) -> dict[str, str | None]:
+        """Texts of the BOS and EOS tokens ("<|im_start|>", "<|im_end|>"), None where there is none."""
         info = self._require().info
-        return {"bos_token": info.bos_text, "eos_token": info.eos_text}
+        return {"bos_token": info.bos_text or None, "eos_token": info.eos_text or None}
 
     # ---- tokenizer (no scheduler: never waits behind generation) ----
 
-    def tokenize(self, text: str, *, truncation: bool = False, max_length: int | None = None) -> list[int]:
-        """Token ids the model sees for `text` (BOS included where the model adds one)."""
-        ids = self._require().tokenize(text, add_special=True, parse_special=self.settings.parse_special)
+    def tokenize(self, text: str, *, truncation: bool = False, max_length: int | None = None,
+                 add_special: bool = True, parse_special: bool | None = None) -> list[int]:
+        """Token ids the model sees for `text` (BOS included where the model adds one and add_special
+        is set; special-token texts parsed per parse_special, default the PARSE_SPECIAL setting)."""
+        parse = self.settings.parse_special if parse_special is None else parse_special
+        ids = self._require().tokenize(text, add_special=add_special, parse_special=parse)
         if truncation and max_length is not None:
             ids = ids[:max_length]
         return ids
@@ -222,10 +225,14 @@ class Engine:
     def stream(
         self, req: GenerationRequest, *, is_disconnected: Callable[[], bool] | None = None
     ) -> Iterator[StreamPiece | GenerationResult]:
-        """Yield each generated token's text as it comes (StreamPiece), then the GenerationResult.
-        Closing the iterator early cancels the request and frees its slots."""
+        """Check and queue a request now (errors raise here); the iterator then yields each generated
+        token as it comes (StreamPiece), then the GenerationResult. Closing it early cancels the
+        request and frees its slots."""
         t0 = time.monotonic()
         job = self._submit(req, progress=queue.SimpleQueue())
+        return self._follow(job, t0, is_disconnected)
+
+    def _follow(self, job, t0: float, is_disconnected: Callable[[], bool] | None) -> Iterator[StreamPiece | GenerationResult]:
         timeout = self.settings.request_timeout
         deadline = t0 + timeout if timeout > 0 else math.inf
         timed_out = False
@@ -234,20 +241,21 @@ class Engine:
                 try:
                     item = job.progress.get(timeout=POLL_INTERVAL_S)
                 except queue.Empty:
-                    if time.monotonic() >= deadline:
-                        self._cancel(job, "deadline")
-                        timed_out = True
-                        break
-                    if is_disconnected is not None and is_disconnected():
-                        self._cancel(job, "client gone")
-                        break
-                    continue
+                    item = ()  # nothing new: still look at the client and the clock
                 if item is None:
                     break
-                yield StreamPiece(index=item[0], text=item[1])
+                if time.monotonic() >= deadline:
+                    self._cancel(job, "deadline")
+                    timed_out = True
+                    break
+                if is_disconnected is not None and is_disconnected():
+                    self._cancel(job, "client gone")
+                    break
+                if item:
+                    yield StreamPiece(index=item[0], text=item[1], token=item[2])
             yield self._answer(job, t0, timed_out)
         finally:
-            if not job.done.is_set():
+            if not job.done.is_set():  # the consumer stopped early: drop the job
                 self._scheduler.cancel(job)
             with self._admission:
                 self._in_flight -= 1
@@ -260,7 +268,8 @@ class Engine:
                 if not 0 <= t < model.n_vocab:
                     raise TokenOutOfRange(i, t, model.n_vocab, field="prompt")
             return list(req.prompt_ids)
-        return model.tokenize(req.prompt, add_special=True, parse_special=self.settings.parse_special)
+        parse = self.settings.parse_special if req.parse_special is None else req.parse_special
+        return model.tokenize(req.prompt, add_special=True, parse_special=parse)
 
     def _submit(self, req: GenerationRequest, *, progress: queue.SimpleQueue | None):
         """Validate and queue a request, or refuse it when N_PARALLEL + MAX_QUEUED are in flight."""

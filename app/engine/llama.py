@@ -131,6 +131,21 @@ class LlamaModel:
             raise EngineError(f"tokenizer needs {-n} slots for a {len(data)}-byte text")
         return list(out[:n])
 
+    def token_text(self, token: int) -> str:
+        """The vocabulary's own text of a token, special tokens included ("<|im_end|>")."""
+        raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def special_token_ids(self) -> dict[str, int | None]:
+        """BOS and EOS ids (None where the vocabulary has none)."""
+        ids = {"bos": llama_cpp.llama_vocab_bos(self.vocab), "eos": llama_cpp.llama_vocab_eos(self.vocab)}
+        return {k: int(v) if 0 <= v < self.n_vocab else None for k, v in ids.items()}
+
+    def chat_template(self) -> str | None:
+        """The GGUF's tokenizer.chat_template (a Jinja template of several KB), None if it has none."""
+        raw = llama_cpp.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(512)
         n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.engine.errors import EngineError, EngineOverloaded, RequestCancelled
 from app.engine.jobs import Job, Record, Seq
 from app.engine.llama import LlamaModel
+from app.engine.outputs import token_logprob
 from app.engine.sampling import choose_token, log_softmax, logsumexp_rows, token_logprob_and_top, top_k_rows
 from app.engine.slots import SlotTable
 from app.engine.step import Chunk, plan
@@ -180,7 +181,7 @@ class Scheduler:
         if n:
             self.model.seq_rm(lead.id, n, -1)  # keep whole chunks only
         job.records = [None] * len(job.prompt)
-        if req.echo_prompt and not self.model.info.add_bos:
+        if req.echo_prompt and job.n_hidden == 0:  # no BOS shown before it: score it after the start token
             job.records[0] = _record(self._start_lp, job.prompt[0], req.top_k_per_token)
         if req.echo_prompt and n:  # positions 1..n are scored by logits that are not recomputed
             for i in range(1, n + 1):
@@ -253,9 +254,13 @@ class Scheduler:
         if s in self.active:
             self.active.remove(s)
         job.first_token = job.first_token or time.monotonic()
-        if self.model.eog[tok]:
-            return self._finish_seq(s, "eos")
         lp, top, top_lp = token_logprob_and_top(row, tok, req.top_k_per_token)
+        if self.model.eog[tok]:
+            if req.include_eog:  # returned as the last token, text "" (as OpenAI and vLLM do)
+                s.gen.append(tok)
+                s.gen_records.append(Record(lp, top, top_lp))
+                s.gen_texts.append("")
+            return self._finish_seq(s, "eos")
         s.gen.append(tok)
         s.gen_records.append(Record(lp, top, top_lp))
         before = len(s.text)
@@ -263,7 +268,8 @@ class Scheduler:
         s.gen_texts.append(piece)
         s.text += piece
         if job.progress is not None:
-            job.progress.put((s.index, piece))
+            job.progress.put((s.index, piece, token_logprob(self.model.pieces, piece, s.gen_records[-1],
+                                                            req.top_k_per_token)))
         if req.stop_sequences:
             cut = find_stop(s.text, req.stop_sequences, stop_search_start(before, req.stop_sequences))
             if cut != -1:

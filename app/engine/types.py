@@ -8,11 +8,10 @@ from app.engine.sampling import SamplingParams
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One /process call, already validated."""
+    """One generation or scoring job, already validated (a /process call, or one prompt of a
+    /v1/completions call)."""
 
-    prompt: str
-    prompt_ids: tuple[int, ...] | None = None  # token ids used exactly as given (no BOS added); then
-    # `prompt` is their text, which echo returns
+    prompt: str  # the text to continue; with prompt_ids, their text (what echo shows)
     max_new_tokens: int = 50
     num_samples: int = 1
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -20,6 +19,15 @@ class GenerationRequest:
     echo_prompt: bool = False
     top_k_per_token: int = 1
     stop_sequences: tuple[str, ...] = ()
+    # Token ids used as the prompt exactly as given: no BOS added, no tokenization (OpenAI-style
+    # token prompts). Echo then shows every one of them.
+    prompt_ids: tuple[int, ...] | None = None
+    # Return an end-of-generation token that ends a sample as its last token (text "", with its
+    # logprob), as vLLM and OpenAI do; /process leaves it out.
+    include_eog: bool = False
+    # Whether special-token texts ("<|im_end|>") in `prompt` become special tokens; None: the
+    # PARSE_SPECIAL setting (/process). The OpenAI routes tokenize as vLLM does (True).
+    parse_special: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,8 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class StreamPiece:
-    """The text of one newly generated token of sample `index` (before stop-sequence cutting)."""
+    """Text of one newly generated token of sample `index`, before stop-sequence cutting."""
 
     index: int
     text: str
+    token: TokenLogprob | None = None  # its logprob and top alternatives
