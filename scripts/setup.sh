@@ -15,6 +15,11 @@ fi
 # llama-cpp-python compiles llama.cpp (about 7 minutes on 2 cores); pip caches the wheel after.
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 if [ "${1:-}" = "--dev" ]; then
+    # HAProxy: the fleet tests run the shipped deploy/haproxy/haproxy.cfg with Debian's haproxy 2.6.
+    if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+        SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+        $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq haproxy >/dev/null
+    fi
     python -m pip install --quiet -r requirements-dev.txt -r requirements-helm.txt
     python -m pip install --quiet --no-deps crfm-helm==0.5.16   # HELM's client classes, light
 else
