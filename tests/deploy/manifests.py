@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -132,6 +133,13 @@ def validate_custom_resource(obj: dict, crds: dict) -> None:
     stored = with_defaults(schema, obj)
     for path, rule, value in cel_rules(schema, stored):
         assert cel_holds(rule, value), f"{obj['kind']}/{obj['metadata']['name']} {path} breaks the CRD's rule: {rule}"
+
+
+def settings_vars() -> set[str]:
+    """The environment variables the server's Settings read."""
+    from app import config
+
+    return {config._ENV_NAMES.get(f.name, f.name.upper()) for f in dataclasses.fields(config.Settings)}
 
 
 def pod_template_matches(selector: dict, labels: dict) -> bool:

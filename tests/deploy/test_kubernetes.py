@@ -20,7 +20,7 @@ import yaml
 from app import config as app_config
 from app.config import Settings
 from tests.deploy.manifests import CRDS, KUBE, cel_holds, load_crds, load_manifests, pod_template_matches, \
-    validate_custom_resource
+    settings_vars, validate_custom_resource
 from tests.docker.dockerfile_model import load as load_dockerfile
 
 # Oldest Kubernetes these manifests are meant for (the preStop sleep action is on by default from
@@ -231,19 +231,15 @@ def _env(container) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"]}
 
 
-def _settings_vars() -> set[str]:
-    return {app_config._ENV_NAMES.get(f.name, f.name.upper()) for f in dataclasses.fields(Settings)}
-
-
 def test_env_is_server_settings(container):
     env = _env(container)
-    unknown = set(env) - _settings_vars() - {"DRAIN_TIMEOUT"}  # DRAIN_TIMEOUT: see the next test
+    unknown = set(env) - settings_vars() - {"DRAIN_TIMEOUT"}  # DRAIN_TIMEOUT: see the next test
     assert not unknown, f"not server settings: {unknown}"
-    Settings.from_env({k: v for k, v in env.items() if k in _settings_vars()})  # and valid values
+    Settings.from_env({k: v for k, v in env.items() if k in settings_vars()})  # and valid values
 
 
 def test_drain_timeout_is_a_server_setting(container):
-    if "DRAIN_TIMEOUT" not in _settings_vars():
+    if "DRAIN_TIMEOUT" not in settings_vars():
         pytest.skip("Settings has no DRAIN_TIMEOUT yet (issue 11 adds the drain)")
     drain = int(_env(container)["DRAIN_TIMEOUT"])
     fields = {app_config._ENV_NAMES.get(f.name, f.name.upper()): f.name for f in dataclasses.fields(Settings)}
