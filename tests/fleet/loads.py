@@ -64,16 +64,17 @@ def helm_body(prompt: str, *, max_new_tokens: int, echo: bool = False, stop: tup
 
 
 def helm_requests(n_scenarios: int, per_scenario: int, *, seed: int = 1) -> list[dict]:
-    """Generation (16 tokens, stop at a newline) and scoring (echo, 0 new tokens) requests; each
-    scenario's prompts share a 2-shot prefix, as HELM's in-context examples do."""
+    """Generation (12 tokens, stop at a newline) and, every third, scoring (echo, 0 new tokens)
+    requests of ~120 tokens; each scenario's prompts share a 1-shot prefix, as HELM's in-context
+    examples do."""
     rnd = random.Random(seed)
     out = []
     for s in range(n_scenarios):
         words = _WORDS[SUBJECTS[s % len(SUBJECTS)]]
-        head = f"Scenario {s}: answer briefly.\n\n" + "".join(
-            f"{_question(rnd, words, 2)} {rnd.choice('ABCD')}\n\n" for _ in range(2))
+        head = f"Scenario {s}: answer briefly.\n\n{_question(rnd, words, 2)} {rnd.choice('ABCD')}\n\n"
         for i in range(per_scenario):
             prompt = head + _question(rnd, words, 1)
-            out.append(helm_body(prompt, max_new_tokens=0, echo=True) if i % 3 == 2 else helm_body(prompt, max_new_tokens=16))
+            k = s * per_scenario + i
+            out.append(helm_body(prompt, max_new_tokens=0, echo=True) if k % 3 == 2 else helm_body(prompt, max_new_tokens=12))
     rnd.shuffle(out)
     return out

@@ -1,0 +1,93 @@
+"""Ring 3, fleet: prefix affinity on vs off. Three fresh replicas in the default (batched,
+prefix-cached) mode behind the shipped HAProxy policy, once with its body hash and once with round
+robin in its place; an MMLU-shaped load of 8 subjects. Run with -s to see the numbers (the only
+assert on them: affinity raises the hit rate, which follows from the hashing, not from timing).
+"""
+from __future__ import annotations
+
+import collections
+
+import pytest
+import requests
+
+from tests.fleet.fleet import Fleet, run_load
+from tests.fleet.loads import helm_body, mmlu_prompts
+
+pytestmark = [pytest.mark.fleet, pytest.mark.server, pytest.mark.slow]
+
+MMLU = mmlu_prompts(3)  # 8 subjects x 3 questions, one ~540-token 5-shot prefix per subject
+AFFINITY_RUNS: dict[str, dict] = {}
+
+
+def _metrics(url: str) -> dict | None:
+    """Prefix-cache counters from /metrics (vLLM's names), or None where the server has no /metrics."""
+    r = requests.get(url + "/metrics", timeout=10)
+    if r.status_code == 404:
+        return None
+    assert r.status_code == 200
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"types": {}}
+    for family in text_string_to_metric_families(r.text):
+        out["types"][family.name] = family.type
+        for s in family.samples:
+            out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+@pytest.mark.parametrize("affinity", [False, True], ids=["affinity-off", "affinity-on"])
+def test_mmlu_load_with_and_without_prefix_affinity(model_path, tmp_path_factory, affinity):
+    bodies = [helm_body(p, max_new_tokens=1, stop=()) for _, p in MMLU]
+    with Fleet(model_path, tmp_path_factory.mktemp("affinity"), affinity=affinity) as f:
+        wall, results = run_load(f.proxy.url, bodies, 8)
+        metrics = {name: _metrics(r.url) for name, r in f.replicas.items()}
+    assert [s for s, _, _ in results] == [200] * len(bodies)
+    prompt = sum(b["prompt_tokens"] for _, b, _ in results)
+    cached = sum(b["cached_tokens"] for _, b, _ in results)
+    per_subject = collections.defaultdict(set)
+    for (subject, _), (_, _, by) in zip(MMLU, results):
+        per_subject[subject].add(by)
+    run = AFFINITY_RUNS["on" if affinity else "off"] = {
+        "wall": wall, "hit_rate": cached / prompt, "prompt": prompt, "cached": cached,
+        "replicas_per_subject": sum(len(v) for v in per_subject.values()) / len(per_subject),
+        "served": collections.Counter(by for _, _, by in results),
+        "answers": [(b["text"], b["logprob"]) for _, b, _ in results], "metrics": metrics,
+    }
+    print(f"\naffinity {'on ' if affinity else 'off'}: {len(bodies)} requests, 8 clients, wall {wall:.1f} s, "
+          f"prefix-cache hit rate {run['hit_rate']:.3f} ({cached}/{prompt} prompt tokens), "
+          f"{run['replicas_per_subject']:.2f} replicas per subject, served {dict(run['served'])}")
+
+
+def test_affinity_raises_the_hit_rate():
+    if set(AFFINITY_RUNS) != {"on", "off"}:
+        pytest.fail("needs both runs of test_mmlu_load_with_and_without_prefix_affinity (run the module)")
+    on, off = AFFINITY_RUNS["on"], AFFINITY_RUNS["off"]
+    assert on["hit_rate"] > off["hit_rate"]
+    assert on["replicas_per_subject"] < off["replicas_per_subject"]
+    same = sum(a == b for a, b in zip(on["answers"], off["answers"]))
+    same_text = sum(a[0] == b[0] for a, b in zip(on["answers"], off["answers"]))
+    worst = max(abs(a[1] - b[1]) for a, b in zip(on["answers"], off["answers"]) if a[0] == b[0])
+    print(f"\naffinity on vs off: hit rate {on['hit_rate']:.3f} vs {off['hit_rate']:.3f}, wall {on['wall']:.1f} s "
+          f"vs {off['wall']:.1f} s ({on['wall'] / off['wall']:.2f}x)")
+    print(f"answers (batched mode, different batches and cache states): {same_text}/{len(MMLU)} same token, "
+          f"{same}/{len(MMLU)} bit-identical logprob, largest logprob difference {worst:.2e} nats")
+
+
+def test_prefix_hit_rate_from_metrics():
+    if set(AFFINITY_RUNS) != {"on", "off"}:
+        pytest.fail("needs both runs of test_mmlu_load_with_and_without_prefix_affinity (run the module)")
+    if any(m is None for run in AFFINITY_RUNS.values() for m in run["metrics"].values()):
+        pytest.skip("the server has no /metrics route yet (issue 11 adds it)")
+    rates = {}
+    for mode, run in AFFINITY_RUNS.items():
+        ms = run["metrics"].values()
+        # The endpoint picker's inputs (deploy/kubernetes/epp.yaml reads them under these names).
+        for m in ms:
+            for name in ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"):
+                assert m["types"].get(name) == "gauge", f"{name}: {m['types'].get(name)}"
+        hits = sum(m["vllm:prefix_cache_hits_total"] for m in ms)
+        queries = sum(m["vllm:prefix_cache_queries_total"] for m in ms)
+        rates[mode] = hits / queries
+        print(f"\n/metrics, affinity {mode}: prefix_cache hits/queries = {hits:.0f}/{queries:.0f} = {rates[mode]:.3f} "
+              f"(cached_tokens: {run['hit_rate']:.3f})")
+    assert rates["on"] > rates["off"]
