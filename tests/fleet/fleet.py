@@ -17,6 +17,12 @@ from tests.server.conftest import Server, free_port
 REPLICA_ENV = {"N_THREADS": "1", "N_CTX": "2048", "MAX_BODY_BYTES": "65536"}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Replica:
     """One server replica on a fixed port, so the proxy finds it again after a restart."""
 
@@ -44,6 +50,11 @@ class Replica:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not healthy after {timeout} s")
+
+    def worker_pid(self) -> int:
+        """The gunicorn worker: the process that owns the model."""
+        proc = self.server.proc
+        return int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
 
     def kill(self) -> None:
         """SIGKILL the gunicorn arbiter and its worker at once: a crash, no drain."""

@@ -10,13 +10,12 @@ import collections
 import pytest
 import requests
 
-from tests.fleet.fleet import Fleet, run_load
+from tests.fleet.fleet import Fleet, cpu_seconds, run_load
 from tests.fleet.loads import helm_body, mmlu_prompts
 
 pytestmark = [pytest.mark.fleet, pytest.mark.server, pytest.mark.slow]
 
 MMLU = mmlu_prompts(3)  # 8 subjects x 3 questions, one ~540-token 5-shot prefix per subject
-AFFINITY_RUNS: dict[str, dict] = {}
 
 
 def _metrics(url: str) -> dict | None:
@@ -35,51 +34,64 @@ def _metrics(url: str) -> dict | None:
     return out
 
 
-@pytest.mark.parametrize("affinity", [False, True], ids=["affinity-off", "affinity-on"])
-def test_mmlu_load_with_and_without_prefix_affinity(model_path, tmp_path_factory, affinity):
+def _run(model_path, log_dir, *, affinity: bool) -> dict:
+    """The MMLU load through three fresh replicas; what it measured."""
     bodies = [helm_body(p, max_new_tokens=1, stop=()) for _, p in MMLU]
-    with Fleet(model_path, tmp_path_factory.mktemp("affinity"), affinity=affinity) as f:
+    with Fleet(model_path, log_dir, affinity=affinity) as f:
+        workers = [r.worker_pid() for r in f.replicas.values()]
+        cpu0 = sum(cpu_seconds(w) for w in workers)
         wall, results = run_load(f.proxy.url, bodies, 8)
+        cpu = sum(cpu_seconds(w) for w in workers) - cpu0  # the fleet's work, less noisy than wall time
         metrics = {name: _metrics(r.url) for name, r in f.replicas.items()}
-    assert [s for s, _, _ in results] == [200] * len(bodies)
-    prompt = sum(b["prompt_tokens"] for _, b, _ in results)
-    cached = sum(b["cached_tokens"] for _, b, _ in results)
+    prompt = sum(b.get("prompt_tokens", 0) for _, b, _ in results)
+    cached = sum(b.get("cached_tokens", 0) for _, b, _ in results)
     per_subject = collections.defaultdict(set)
     for (subject, _), (_, _, by) in zip(MMLU, results):
         per_subject[subject].add(by)
-    run = AFFINITY_RUNS["on" if affinity else "off"] = {
-        "wall": wall, "hit_rate": cached / prompt, "prompt": prompt, "cached": cached,
+    return {
+        "statuses": [s for s, _, _ in results], "wall": wall, "cpu": cpu, "hit_rate": cached / max(prompt, 1),
+        "prompt": prompt, "cached": cached,
         "replicas_per_subject": sum(len(v) for v in per_subject.values()) / len(per_subject),
         "served": collections.Counter(by for _, _, by in results),
-        "answers": [(b["text"], b["logprob"]) for _, b, _ in results], "metrics": metrics,
+        "answers": [(b.get("text"), b.get("logprob")) for _, b, _ in results], "metrics": metrics,
     }
-    print(f"\naffinity {'on ' if affinity else 'off'}: {len(bodies)} requests, 8 clients, wall {wall:.1f} s, "
-          f"prefix-cache hit rate {run['hit_rate']:.3f} ({cached}/{prompt} prompt tokens), "
-          f"{run['replicas_per_subject']:.2f} replicas per subject, served {dict(run['served'])}")
 
 
-def test_affinity_raises_the_hit_rate():
-    if set(AFFINITY_RUNS) != {"on", "off"}:
-        pytest.fail("needs both runs of test_mmlu_load_with_and_without_prefix_affinity (run the module)")
-    on, off = AFFINITY_RUNS["on"], AFFINITY_RUNS["off"]
+@pytest.fixture(scope="module")
+def runs(model_path, tmp_path_factory) -> dict[str, dict]:
+    """Round robin first, then the shipped body hash, each on fresh replicas (empty caches)."""
+    return {mode: _run(model_path, tmp_path_factory.mktemp(f"affinity-{mode}"), affinity=mode == "on")
+            for mode in ("off", "on")}
+
+
+def test_every_request_answered_with_and_without_affinity(runs):
+    for mode, run in runs.items():
+        assert run["statuses"] == [200] * len(MMLU), mode
+        print(f"\naffinity {mode:3}: {len(MMLU)} requests, 8 clients, wall {run['wall']:.1f} s, prefix-cache hit rate "
+              f"{run['hit_rate']:.3f} ({run['cached']}/{run['prompt']} prompt tokens), "
+              f"{run['replicas_per_subject']:.2f} replicas per subject, replicas' CPU {run['cpu']:.1f} s, "
+              f"served {dict(run['served'])}")
+
+
+def test_affinity_raises_the_hit_rate(runs):
+    on, off = runs["on"], runs["off"]
     assert on["hit_rate"] > off["hit_rate"]
     assert on["replicas_per_subject"] < off["replicas_per_subject"]
     same = sum(a == b for a, b in zip(on["answers"], off["answers"]))
     same_text = sum(a[0] == b[0] for a, b in zip(on["answers"], off["answers"]))
     worst = max(abs(a[1] - b[1]) for a, b in zip(on["answers"], off["answers"]) if a[0] == b[0])
     print(f"\naffinity on vs off: hit rate {on['hit_rate']:.3f} vs {off['hit_rate']:.3f}, wall {on['wall']:.1f} s "
-          f"vs {off['wall']:.1f} s ({on['wall'] / off['wall']:.2f}x)")
+          f"vs {off['wall']:.1f} s ({on['wall'] / off['wall']:.2f}x), replicas' CPU {on['cpu']:.1f} s vs {off['cpu']:.1f} s "
+          f"({on['cpu'] / off['cpu']:.2f}x)")
     print(f"answers (batched mode, different batches and cache states): {same_text}/{len(MMLU)} same token, "
           f"{same}/{len(MMLU)} bit-identical logprob, largest logprob difference {worst:.2e} nats")
 
 
-def test_prefix_hit_rate_from_metrics():
-    if set(AFFINITY_RUNS) != {"on", "off"}:
-        pytest.fail("needs both runs of test_mmlu_load_with_and_without_prefix_affinity (run the module)")
-    if any(m is None for run in AFFINITY_RUNS.values() for m in run["metrics"].values()):
+def test_prefix_hit_rate_from_metrics(runs):
+    if any(m is None for run in runs.values() for m in run["metrics"].values()):
         pytest.skip("the server has no /metrics route yet (issue 11 adds it)")
     rates = {}
-    for mode, run in AFFINITY_RUNS.items():
+    for mode, run in runs.items():
         ms = run["metrics"].values()
         # The endpoint picker's inputs (deploy/kubernetes/epp.yaml reads them under these names).
         for m in ms:
