@@ -25,21 +25,29 @@ class Settings:
 
     # MODEL_PATH: the GGUF engine to serve.
     model_path: Path = DEFAULT_MODEL_PATH
-    # N_CTX: the context window of one request, in tokens (prompt + max_new_tokens must fit).
+    # N_CTX: the context window of one request, in tokens (prompt + max_new_tokens must fit). Every
+    # KV slot holds this many cells (rounded up to 256).
     n_ctx: int = 4096
-    # KV_CACHE_TOKENS: total KV-cache cells shared by all sequences and the prefix cache;
-    # 0 means 2 * n_ctx (for SmolLM2: 8192 cells, 180 MiB; a 7B model with GQA: 1 GiB).
-    kv_cache_tokens: int = 0
-    # N_PARALLEL: the most sequences (samples of running requests) decoded together; more requests
-    # wait in the queue. As many finished sequences again may stay as prefix-cache entries.
+    # N_PARALLEL: the most sequences (samples of running requests) decoded together, each in a KV
+    # slot of its own; more requests wait in the queue.
     n_parallel: int = 8
-    # N_BATCH: the token budget of one llama_decode step (prefill chunks + decode tokens).
+    # PREFIX_CACHE_SLOTS: KV slots beyond N_PARALLEL that keep finished prompts for reuse by later
+    # ones; -1 means N_PARALLEL. KV memory = (N_PARALLEL + PREFIX_CACHE_SLOTS) x N_CTX cells.
+    prefix_cache_slots: int = -1
+    # PREFIX_REUSE: whether prompts reuse the KV of whole chunks computed before (off: every
+    # prompt is computed from scratch; outputs are the same either way).
+    prefix_reuse: bool = True
+    # CHUNK_TOKENS: prompts are computed in chunks of this many tokens at fixed positions
+    # (0..C-1, C..2C-1, ...), one chunk per llama_decode; prefixes are reused in whole chunks.
+    chunk_tokens: int = 128
+    # N_BATCH: prompt tokens computed per scheduler step (whole chunks), between decode steps.
     n_batch: int = 512
     # N_THREADS: CPU threads for decoding and prompt processing; 0 means one per available core.
     n_threads: int = 0
     # N_GPU_LAYERS: layers offloaded to the GPU; -1 means all (ignored without a GPU build).
     n_gpu_layers: int = -1
-    # FLASH_ATTN: "auto", "on" or "off".
+    # FLASH_ATTN: "auto" (off on a CPU-only build, where its kernels depend on the batch; llama.cpp's
+    # choice with a GPU), "on" or "off".
     flash_attn: str = "auto"
     # SPLIT_MODE: how a model is spread over several visible GPUs (CUDA_VISIBLE_DEVICES):
     # "none" keeps weights and KV cache on MAIN_GPU; "layer" (llama.cpp's default) gives each GPU
@@ -52,12 +60,13 @@ class Settings:
     # MAIN_GPU: the GPU index (among the visible ones) holding the whole model with SPLIT_MODE=none,
     # and the small non-split tensors and intermediate results with SPLIT_MODE=row.
     main_gpu: int = 0
-    # PREFIX_CACHE_TOKENS: KV cells that finished requests may keep for reuse by later prompts;
-    # -1 means half the KV cache, 0 turns prefix reuse off.
-    prefix_cache_tokens: int = -1
-    # DETERMINISTIC: run one request at a time on an emptied KV cache, without prefix reuse, so
-    # every output is bit-identical whatever the load (llama.cpp's kernels depend on the batch's
-    # size and the cache's extent); costs the throughput of batching.
+    # CPU_REPACK: let llama.cpp repack Q4_0/Q4_K/IQ4_NL weights for its CPU GEMM kernels: faster
+    # prompts on those types, but a 4-row GEMM and a 1-row GEMV round differently, so decode steps
+    # are then split into groups of at most 3 sequences to stay batch-invariant.
+    cpu_repack: bool = False
+    # DETERMINISTIC: the strict fallback: one request at a time, every slot emptied first, no
+    # prefix reuse. The default mode is already bit-reproducible on CPU; this also rules out
+    # anything the default mode's measurements could have missed (and GPU kernels).
     deterministic: bool = False
     # MAX_NUM_SAMPLES: the largest num_samples / num_return_sequences one request may ask for
     # (at most N_PARALLEL: a request's samples run side by side).
@@ -82,27 +91,30 @@ class Settings:
         return self.n_threads if self.n_threads > 0 else _default_threads()
 
     @property
-    def kv_cells(self) -> int:
-        """Total KV-cache cells, resolved from kv_cache_tokens."""
-        if self.kv_cache_tokens > 0:
-            return self.kv_cache_tokens
-        return 2 * self.n_ctx
+    def n_slots(self) -> int:
+        """KV slots (one llama.cpp sequence and KV stream each): running ones plus cache ones."""
+        extra = self.n_parallel if self.prefix_cache_slots < 0 else self.prefix_cache_slots
+        return self.n_parallel + extra
 
     @property
-    def prefix_cache_cells(self) -> int:
-        """KV cells the prefix cache may hold, resolved from prefix_cache_tokens."""
-        if self.deterministic:
-            return 0
-        return self.kv_cells // 2 if self.prefix_cache_tokens < 0 else self.prefix_cache_tokens
+    def kv_cells(self) -> int:
+        """Total KV-cache cells: every slot holds N_CTX rounded up to 256."""
+        return self.n_slots * (-(-self.n_ctx // 256) * 256)
+
+    @property
+    def reuse_prefixes(self) -> bool:
+        return self.prefix_reuse and not self.deterministic
 
     def validate(self) -> "Settings":
         """Fail early, naming the setting, on values that cannot work."""
         assert self.n_ctx >= 16, f"N_CTX must be at least 16, got {self.n_ctx}"
         assert self.n_parallel >= 1, f"N_PARALLEL must be at least 1, got {self.n_parallel}"
         assert self.n_batch >= 8, f"N_BATCH must be at least 8, got {self.n_batch}"
-        assert self.kv_cells >= self.n_ctx, (
-            f"KV_CACHE_TOKENS ({self.kv_cells}) must hold at least one full context (N_CTX={self.n_ctx})"
+        assert self.prefix_cache_slots >= -1, f"PREFIX_CACHE_SLOTS must be -1 or more, got {self.prefix_cache_slots}"
+        assert 4 <= self.chunk_tokens <= 1024 and self.chunk_tokens % 4 == 0, (
+            f"CHUNK_TOKENS must be a multiple of 4 in 4..1024, got {self.chunk_tokens}"
         )
+        assert self.n_batch >= self.chunk_tokens, f"N_BATCH ({self.n_batch}) must be at least CHUNK_TOKENS ({self.chunk_tokens})"
         assert self.flash_attn in ("auto", "on", "off"), f"FLASH_ATTN must be auto/on/off, got {self.flash_attn!r}"
         assert self.split_mode in SPLIT_MODES, f"SPLIT_MODE must be one of {'/'.join(SPLIT_MODES)}, got {self.split_mode!r}"
         assert self.main_gpu >= 0, f"MAIN_GPU must be a GPU index (0 or more), got {self.main_gpu}"

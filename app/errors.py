@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.engine.errors import (
     ContextLengthExceeded,
+    EmptyPrompt,
     EngineError,
     EngineNotReady,
     EngineOverloaded,
@@ -61,7 +62,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(TokenOutOfRange)
     def _token(exc: TokenOutOfRange):
-        return jsonify(detail=[{"loc": ["body", "tokens", exc.index], "msg": str(exc), "type": "token_out_of_range"}]), 422
+        return jsonify(detail=[{"loc": ["body", exc.field, exc.index], "msg": str(exc), "type": "token_out_of_range"}]), 422
+
+    @app.errorhandler(EmptyPrompt)
+    def _empty(exc: EmptyPrompt):
+        return jsonify(detail=[{"loc": ["body", "prompt"], "msg": str(exc), "type": "empty_prompt"}]), 422
 
     @app.errorhandler(EngineError)
     def _engine(exc: EngineError):

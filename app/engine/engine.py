@@ -1,22 +1,24 @@
 """The engine: the one object the HTTP layer talks to. It owns the model and its scheduler."""
 from __future__ import annotations
 
-import itertools
 import json
 import logging
+import queue
 import secrets
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from app.config import Settings
 from app.engine.errors import (
     ContextLengthExceeded,
+    EmptyPrompt,
     EngineError,
     EngineNotReady,
+    RequestCancelled,
     TokenOutOfRange,
 )
-from app.engine.types import GenerationRequest, GenerationResult
+from app.engine.types import GenerationRequest, GenerationResult, StreamPiece
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,6 @@ class Engine:
         self._load_error: str | None = None
         self._loaded_at: float | None = None
         self._manifest: dict[str, Any] = {}
-        self._numbers = itertools.count()  # request serial numbers
 
     # ---- lifecycle ----
 
@@ -55,17 +56,15 @@ class Engine:
         from app.engine.scheduler import Scheduler
 
         s = self.settings
-        # Sequences: n_parallel running samples, as many again for prefix-cache entries, one scratch.
-        n_seq_max = 2 * s.n_parallel + 1
         try:
             t0 = time.monotonic()
-            self._model = LlamaModel(s, n_seq_max=n_seq_max)
-            self._scheduler = Scheduler(self._model, s, n_seq_max=n_seq_max)
+            self._model = LlamaModel(s, n_slots=s.n_slots)
+            self._scheduler = Scheduler(self._model, s)
             self._manifest = _read_manifest(s)
             self._loaded_at = time.monotonic() - t0
             if s.n_ctx > self._model.info.n_ctx_train:
                 log.warning("N_CTX=%d exceeds the model's training context of %d", s.n_ctx, self._model.info.n_ctx_train)
-            log.info("loaded %s (%s) in %.1f s", s.model_path, self._model.info.description, self._loaded_at)
+            log.info("loaded %s (%s) in %.1f s", s.model_path.name, self._model.info.description, self._loaded_at)
             self._ready.set()
         except Exception as exc:  # noqa: BLE001 - reported by /health, logged in full
             log.exception("could not load the model")
@@ -76,18 +75,22 @@ class Engine:
         return self._ready.is_set()
 
     def close(self) -> None:
-        """Stop the scheduler and free llama.cpp's memory."""
-        if self._scheduler is not None:
-            self._scheduler.stop()
-        if self._model is not None:
-            self._model.close()
+        """Stop the scheduler and free llama.cpp's memory (only once its thread has stopped: freeing
+        a context a running thread still uses would crash the process)."""
         self._ready.clear()
+        stopped = self._scheduler.stop() if self._scheduler is not None else True
+        if self._model is not None and stopped:
+            self._model.close()
+        elif not stopped:
+            log.error("the scheduler thread did not stop in time; llama.cpp's memory is left to the process exit")
 
     def _require(self):
         if not self._ready.is_set():
             raise EngineNotReady(
                 f"the model failed to load: {self._load_error}" if self._load_error else "the model is still loading"
             )
+        if not self._scheduler.alive:
+            raise EngineNotReady(f"the scheduler is not running ({self._scheduler.dead or 'stopped'})")
         return self._model
 
     # ---- what /health reports ----
@@ -97,12 +100,14 @@ class Engine:
         s = self.settings
         if not self._ready.is_set():
             status = "error" if self._load_error else "loading"
-            return {"status": status, "model_path": str(s.model_path), "error": self._load_error}
+            return {"status": status, "model_file": s.model_path.name, "error": self._load_error}
         mi = self._model.info
+        sched = self._scheduler
         return {
-            "status": "ok",
+            "status": "ok" if sched.alive else "error",
+            "error": None if sched.alive else f"the scheduler is not running ({sched.dead or 'stopped'})",
             "model": s.model_name or mi.name,
-            "model_path": str(s.model_path),
+            "model_file": s.model_path.name,
             "quant": self._manifest.get("quant") or mi.file_type,
             "description": mi.description,
             "n_params": mi.n_params,
@@ -112,14 +117,18 @@ class Engine:
             "n_ctx_train": mi.n_ctx_train,
             "kv_cache_tokens": s.kv_cells,
             "kv_cache_bytes": s.kv_cells * mi.kv_bytes_per_cell,
+            "kv_slots": s.n_slots,
             "n_parallel": s.n_parallel,
             "n_batch": s.n_batch,
+            "chunk_tokens": s.chunk_tokens,
+            "decode_group_limit": sched.group_limit,
+            "deterministic": s.deterministic,
             "n_threads": s.threads,
             "gpu_offload": mi.gpu_offload,
             "n_gpu_layers": s.n_gpu_layers if mi.gpu_offload else 0,
             "add_bos": mi.add_bos,
             "load_seconds": round(self._loaded_at or 0.0, 3),
-            **self._scheduler.load(),
+            **sched.load(),
             "manifest": self._manifest or None,
         }
 
@@ -145,38 +154,107 @@ class Engine:
     def generate(
         self, req: GenerationRequest, *, is_disconnected: Callable[[], bool] | None = None
     ) -> GenerationResult:
-        """Run one /process request through the scheduler and wait for it."""
-        from app.engine.scheduler import Job
-
-        model = self._require()
-        prompt = model.tokenize(req.prompt, add_special=True, parse_special=self.settings.parse_special)
-        n_ctx = self.settings.n_ctx
-        if len(prompt) + req.max_new_tokens > n_ctx:
-            raise ContextLengthExceeded(len(prompt), req.max_new_tokens, n_ctx)
-        need = len(prompt) + req.num_samples * req.max_new_tokens
-        if need > self.settings.kv_cells:
-            raise ContextLengthExceeded(
-                len(prompt), req.num_samples * req.max_new_tokens, self.settings.kv_cells, n_samples=req.num_samples
-            )
-        seed = req.seed if req.seed is not None else self.settings.default_seed
-        job = Job(
-            number=next(self._numbers),
-            req=req,
-            prompt=prompt,
-            n_hidden=1 if model.info.add_bos else 0,
-            rng_seed=seed if seed >= 0 else secrets.randbits(63),
-        )
-        self._scheduler.submit(job)
+        """Run one request through the scheduler and wait for its answer."""
+        job = self._submit(req, progress=None)
         while not job.done.wait(POLL_INTERVAL_S):
             if is_disconnected is not None and is_disconnected():
                 self._scheduler.cancel(job)
                 job.done.wait()
-                break
+        return self._answer(job)
+
+    def stream(
+        self, req: GenerationRequest, *, is_disconnected: Callable[[], bool] | None = None
+    ) -> Iterator[StreamPiece | GenerationResult]:
+        """Yield each generated token's text as it comes (StreamPiece), then the GenerationResult.
+        Closing the iterator early cancels the request and frees its slots."""
+        job = self._submit(req, progress=queue.SimpleQueue())
+        try:
+            while True:
+                try:
+                    item = job.progress.get(timeout=POLL_INTERVAL_S)
+                except queue.Empty:
+                    if is_disconnected is not None and is_disconnected():
+                        self._scheduler.cancel(job)
+                        job.done.wait()
+                        raise RequestCancelled("the client disconnected") from None
+                    continue
+                if item is None:
+                    break
+                yield StreamPiece(index=item[0], text=item[1])
+            yield self._answer(job)
+        finally:
+            if not job.done.is_set():
+                self._scheduler.cancel(job)
+
+    def prompt_tokens(self, req: GenerationRequest) -> list[int]:
+        """The token ids a request's prompt becomes (given ids are used as they are)."""
+        model = self._require()
+        if req.prompt_ids is not None:
+            for i, t in enumerate(req.prompt_ids):
+                if not 0 <= t < model.n_vocab:
+                    raise TokenOutOfRange(i, t, model.n_vocab, field="prompt")
+            return list(req.prompt_ids)
+        return model.tokenize(req.prompt, add_special=True, parse_special=self.settings.parse_special)
+
+    def _submit(self, req: GenerationRequest, *, progress: queue.SimpleQueue | None):
+        from app.engine.jobs import Job
+
+        model = self._require()
+        prompt = self.prompt_tokens(req)
+        if not prompt:
+            raise EmptyPrompt()
+        n_ctx = self.settings.n_ctx
+        if len(prompt) + req.max_new_tokens > n_ctx:
+            raise ContextLengthExceeded(len(prompt), req.max_new_tokens, n_ctx)
+        seed = req.seed if req.seed is not None else self.settings.default_seed
+        job = Job(
+            req=req,
+            prompt=prompt,
+            n_hidden=1 if model.info.add_bos and req.prompt_ids is None else 0,
+            rng_seed=seed if seed >= 0 else secrets.randbits(63),
+            progress=progress,
+        )
+        self._scheduler.submit(job)
+        return job
+
+    def _answer(self, job) -> GenerationResult:
+        from app.engine.outputs import build_result
+
         if job.error is not None:
             raise job.error
-        if job.result is None:
-            raise EngineError("the scheduler finished a request without a result")
-        return job.result
+        return build_result(job, self._model.pieces)
+
+    # ---- what /metrics reads ----
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges for metrics, a snapshot: running/queued requests, KV use (0..1),
+        prompt and generated tokens, prefix-cache queries and hits (tokens), finished by reason."""
+        if not self._ready.is_set():
+            return {"running": 0, "queued": 0, "kv_cache_usage": 0.0, "prompt_tokens_total": 0,
+                    "generation_tokens_total": 0, "prefix_cache_queries_total": 0, "prefix_cache_hits_total": 0,
+                    "requests_finished_total": {}}
+        sched = self._scheduler
+        c = dict(sched.counters)
+        slots = sched.table.slots
+        return {
+            "running": len(sched.jobs),
+            "queued": len(sched.waiting),
+            "kv_cache_usage": sum(1 for s in slots if s.owner is not None) / len(slots),
+            "prompt_tokens_total": c.get("prompt_tokens", 0),
+            "generation_tokens_total": c.get("generation_tokens", 0),
+            "prefix_cache_queries_total": c.get("prefix_cache_queries", 0),
+            "prefix_cache_hits_total": c.get("prefix_cache_hits", 0),
+            "requests_finished_total": {k.removeprefix("finished_"): v for k, v in c.items() if k.startswith("finished_")},
+        }
+
+    def chat_template(self) -> str | None:
+        """The GGUF's own chat template (tokenizer.chat_template), if it has one."""
+        return self._require().info.chat_template
+
+    def special_tokens(self) -> dict[str, str]:
+        """Texts of the model's BOS and EOS tokens."""
+        info = self._require().info
+        return {"bos_token": info.bos_text, "eos_token": info.eos_text}
 
 
 def _read_manifest(settings: Settings) -> dict[str, Any]:

@@ -30,9 +30,19 @@ class ContextLengthExceeded(EngineError):
 class TokenOutOfRange(EngineError):
     """A token id is not in the vocabulary (422)."""
 
-    def __init__(self, index: int, token: int, n_vocab: int) -> None:
-        self.index, self.token, self.n_vocab = index, token, n_vocab
-        super().__init__(f"tokens[{index}] = {token} is not a token id: the vocabulary has ids 0..{n_vocab - 1}")
+    def __init__(self, index: int, token: int, n_vocab: int, *, field: str = "tokens") -> None:
+        self.index, self.token, self.n_vocab, self.field = index, token, n_vocab, field
+        super().__init__(f"{field}[{index}] = {token} is not a token id: the vocabulary has ids 0..{n_vocab - 1}")
+
+
+class EmptyPrompt(EngineError):
+    """The prompt tokenizes to no token at all (422): there is nothing to condition on or score."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the prompt tokenizes to zero tokens (it holds only characters the tokenizer drops, such as "
+            "some control characters): send at least one token of text"
+        )
 
 
 class RequestCancelled(EngineError):

@@ -45,20 +45,32 @@ class ModelInfo:
     add_bos: bool
     bos: int
     gpu_offload: bool
-    kv_bytes_per_cell: int  # f16 K and V over all layers (an estimate: head size = n_embd / n_head)
+    kv_bytes_per_cell: int  # f16 K and V of one token over all layers
+    chat_template: str | None  # tokenizer.chat_template, if the GGUF has one
+    bos_text: str  # the BOS and EOS tokens' texts ("" if the model has none)
+    eos_text: str
 
 
 class LlamaModel:
-    """Owns one llama.cpp model and one context with n_seq_max sequences over a unified KV cache."""
+    """Owns one llama.cpp model and one context with n_slots sequences, each in its own KV stream.
 
-    def __init__(self, settings: Settings, *, n_seq_max: int) -> None:
+    kv_unified=false gives every sequence id a stream of N_CTX cells (rounded up to 256) that only
+    it uses: attention reads that stream alone, its cells in position order. Flash attention is off
+    unless asked for: its CPU kernel picks a split-KV path for a lone query token over 512 or more
+    cells and a different path inside a multi-stream step, so its result would depend on what else
+    is decoded. Weight repacking (CPU_REPACK) is off by default for the same reason: repacked
+    matmuls use a 4-row GEMM or a 1-row GEMV depending on a row's place in the step.
+    """
+
+    def __init__(self, settings: Settings, *, n_slots: int) -> None:
         path = Path(settings.model_path)
         if not path.is_file():
-            raise ModelLoadError(f"MODEL_PATH {path} does not exist or is not a file")
+            raise ModelLoadError(f"MODEL_PATH {path.name} does not exist or is not a file")
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 0x7FFFFFFF
+        mparams.use_extra_bufts = settings.cpu_repack
         # Several visible GPUs: how the model is spread over them (no effect on a CPU-only build).
         mparams.split_mode = getattr(llama_cpp, f"LLAMA_SPLIT_MODE_{settings.split_mode.upper()}")
         mparams.main_gpu = settings.main_gpu
@@ -72,28 +84,31 @@ class LlamaModel:
             mparams.tensor_split = self._tensor_split
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
-            raise ModelLoadError(f"llama.cpp could not load {path} (not a GGUF file, or an unknown architecture)")
+            raise ModelLoadError(f"llama.cpp could not load {path.name} (not a GGUF file, or an unknown architecture)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
 
+        self.n_slots = n_slots
+        self.n_ctx_seq = -(-settings.n_ctx // 256) * 256  # llama.cpp pads each stream to 256 cells
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = settings.kv_cells  # total cells, shared by all sequences (kv_unified)
-        cparams.n_batch = settings.n_batch  # most tokens one llama_decode may carry
-        cparams.n_ubatch = settings.n_batch  # one compute graph per step: no hidden sub-batching
-        cparams.n_seq_max = n_seq_max
-        cparams.kv_unified = True  # every sequence may use the whole cache; seq_cp shares cells
+        cparams.n_ctx = self.n_ctx_seq * n_slots  # split evenly: one stream of n_ctx_seq cells per slot
+        cparams.n_seq_max = n_slots
+        cparams.kv_unified = False
+        cparams.swa_full = True  # sliding-window layers keep every cell in position order too
+        self.n_batch = max(settings.chunk_tokens, n_slots)  # one prompt chunk, or one token per slot
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch  # what we hand llama_decode is what it computes
         cparams.n_threads = settings.threads
         cparams.n_threads_batch = settings.threads
-        cparams.flash_attn_type = _FLASH_ATTN[settings.flash_attn]
+        cparams.flash_attn_type = _FLASH_ATTN[_flash_attn(settings)]
         cparams.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
             raise ModelLoadError(
-                f"llama.cpp could not create a context of {settings.kv_cells} cells for {path} (out of memory?)"
+                f"llama.cpp could not create {n_slots} KV streams of {self.n_ctx_seq} cells for {path.name} (out of memory?)"
             )
         self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.n_batch = settings.n_batch
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         # Numpy views over the batch's C arrays: filling them is a slice assignment, not a loop.
         self._tok = np.ctypeslib.as_array(self.batch.token, shape=(self.n_batch,))
@@ -130,6 +145,9 @@ class LlamaModel:
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(512)
         n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n >= len(buf):  # longer than the buffer (a chat template): n is the length needed
+            buf = ctypes.create_string_buffer(n + 1)
+            n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
 
     def _describe(self, path: Path) -> ModelInfo:
@@ -148,13 +166,26 @@ class LlamaModel:
             bos=int(llama_cpp.llama_vocab_bos(self.vocab)),
             gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
             kv_bytes_per_cell=self._kv_bytes_per_cell(),
+            chat_template=self._meta("tokenizer.chat_template"),
+            bos_text=self._token_text(llama_cpp.llama_vocab_bos(self.vocab)),
+            eos_text=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
         )
 
     def _kv_bytes_per_cell(self) -> int:
         m = self.model
+        arch = self._meta("general.architecture") or ""
         head_dim = llama_cpp.llama_model_n_embd(m) // max(1, llama_cpp.llama_model_n_head(m))
-        # K and V (2) x layers x KV heads x head size x 2 bytes (f16)
-        return 2 * llama_cpp.llama_model_n_layer(m) * llama_cpp.llama_model_n_head_kv(m) * head_dim * 2
+        k_dim = int(self._meta(f"{arch}.attention.key_length") or head_dim)
+        v_dim = int(self._meta(f"{arch}.attention.value_length") or head_dim)
+        # (K + V head sizes) x layers x KV heads x 2 bytes (f16)
+        return (k_dim + v_dim) * llama_cpp.llama_model_n_layer(m) * llama_cpp.llama_model_n_head_kv(m) * 2
+
+    def _token_text(self, token: int) -> str:
+        """A token's own text, special tokens included ("<|endoftext|>"), "" for no token."""
+        if not 0 <= token < self.n_vocab:
+            return ""
+        text = llama_cpp.llama_vocab_get_text(self.vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
 
     def start_token(self) -> int:
         """The token that opens a document: BOS where the model adds it, else end-of-text, else EOS."""
@@ -167,6 +198,34 @@ class LlamaModel:
         raise EngineError("the model has no BOS, EOT or EOS token to open a document with")
 
     # ---- compute (scheduler thread only) ----
+
+    def decode_group_limit(self, most: int = 8) -> int:
+        """The most sequences one decode step may carry while every row's logits stay bit-identical
+        to that sequence decoded alone (measured: kernels may depend on the step's row count).
+        Uses the first `most` slots with a two-token history each, and empties them again."""
+        most = min(most, self.n_slots)
+        t = self.start_token()
+        ones = np.ones(1, dtype=bool)
+        for s in range(most):  # a short, different history per slot
+            self.decode(np.array([t, 100 + s], np.int32), np.array([0, 1], np.int32), np.full(2, s, np.int32),
+                        np.zeros(2, dtype=bool))
+        alone = [self.decode(np.array([200 + s], np.int32), np.array([2], np.int32), np.array([s], np.int32), ones)[0].copy()
+                 for s in range(most)]
+        for s in range(most):
+            self.seq_rm(s, 2, -1)
+        limit = 1
+        for k in range(2, most + 1):
+            rows = self.decode(np.arange(200, 200 + k, dtype=np.int32), np.full(k, 2, np.int32),
+                               np.arange(k, dtype=np.int32), np.ones(k, dtype=bool))
+            same = all(np.array_equal(rows[s], alone[s]) for s in range(k))
+            for s in range(k):
+                self.seq_rm(s, 2, -1)
+            if not same:
+                break
+            limit = k
+        for s in range(most):
+            self.seq_rm(s)
+        return limit if limit < most else self.n_slots
 
     def decode(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray, want: np.ndarray) -> np.ndarray:
         """Run one batch; returns logits [n_wanted, n_vocab] (float32) for rows with want=True.
@@ -211,9 +270,10 @@ class LlamaModel:
         """Drop positions [p0, p1) of a sequence from the KV cache (-1: open end)."""
         llama_cpp.llama_memory_seq_rm(self.mem, seq, p0, p1)
 
-    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
-        """Make dst share src's cells for positions [p0, p1): no copy with a unified cache."""
-        llama_cpp.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+    def copy_stream(self, src: int, dst: int) -> None:
+        """Give dst a copy of src's KV stream, cell for cell (the buffer copy runs at the next
+        llama_decode, before anything is written). Trim it with seq_rm afterwards."""
+        llama_cpp.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
 
     def clear(self) -> None:
         """Empty the whole KV cache."""
@@ -226,6 +286,14 @@ class LlamaModel:
             llama_cpp.llama_free(self.ctx)
             llama_cpp.llama_model_free(self.model)
             self.ctx = None
+
+
+def _flash_attn(settings: Settings) -> str:
+    """FLASH_ATTN=auto: off on a CPU-only build (see LlamaModel), llama.cpp's own choice with a GPU."""
+    if settings.flash_attn != "auto":
+        return settings.flash_attn
+    gpu = bool(llama_cpp.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0
+    return "auto" if gpu else "off"
 
 
 def _file_type_name(raw: str | None) -> str:

@@ -11,6 +11,8 @@ class GenerationRequest:
     """One /process call, already validated."""
 
     prompt: str
+    prompt_ids: tuple[int, ...] | None = None  # token ids used exactly as given (no BOS added); then
+    # `prompt` is their text, which echo returns
     max_new_tokens: int = 50
     num_samples: int = 1
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -46,3 +48,14 @@ class GenerationResult:
     completions: list[Completion]
     n_prompt_tokens: int
     n_cached_tokens: int  # prompt tokens whose KV came from the prefix cache
+    n_generated_tokens: int = 0  # tokens sampled over all samples (before cutting at a stop sequence)
+    queue_s: float = 0.0  # from submission to admission
+    first_token_s: float | None = None  # from submission to the first sampled token
+
+
+@dataclass(frozen=True)
+class StreamPiece:
+    """The text of one newly generated token of sample `index` (before stop-sequence cutting)."""
+
+    index: int
+    text: str

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.engine
 
 
 def _last_logits(settings: Settings) -> tuple[np.ndarray, LlamaModel]:
-    m = LlamaModel(settings, n_seq_max=1)
+    m = LlamaModel(settings, n_slots=1)
     try:
         ids = np.array(m.tokenize("The capital of France is", add_special=True, parse_special=False), dtype=np.int32)
         n = len(ids)
@@ -39,4 +39,4 @@ def test_split_settings_load_and_compute_what_the_defaults_do(model_path, split_
 def test_more_shares_than_llama_cpp_takes_fail_naming_the_setting(model_path):
     n = llama_cpp.llama_max_devices() + 1
     with pytest.raises(ModelLoadError, match=f"TENSOR_SPLIT has {n} shares"):
-        LlamaModel(Settings.from_env({}, model_path=model_path, tensor_split=[1] * n), n_seq_max=1)
+        LlamaModel(Settings.from_env({}, model_path=model_path, tensor_split=[1] * n), n_slots=1)

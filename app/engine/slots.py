@@ -1,0 +1,150 @@
+"""Where KV lives: one llama.cpp KV stream per slot, and which reusable tokens each slot holds.
+
+Every slot is a sequence id with a KV stream of its own (kv_unified=false): attention reads only
+that stream's cells, and they sit in position order (cell i holds position i), so the numbers a
+sequence computes depend on its own tokens only. A slot runs one sample of a job at a time; when
+the job ends, its slot keeps the prompt's whole chunks as a prefix-cache entry until the slot is
+needed again (least recently used idle slots are taken first).
+
+Only whole prompt chunks are reusable: a prompt is always computed in chunks of `chunk` tokens
+aligned to absolute positions (0..C-1, C..2C-1, ...), so a token computed in a reused chunk went
+through exactly the same kernels as it would in a fresh run. Generated tokens (decoded one at a
+time) are never reused. This module is pure bookkeeping; the scheduler does the llama.cpp calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from app.engine.jobs import Job, Record
+
+
+@dataclass(eq=False)
+class Slot:
+    """One KV stream: the reusable tokens it holds (positions 0..len-1) and who runs in it."""
+
+    id: int
+    tokens: list[int] = field(default_factory=list)  # whole chunks of a prompt, computed canonically
+    records: list[Record | None] = field(default_factory=list)  # records[i] scores tokens[i] (echo)
+    owner: Job | None = None  # the running job using this slot; None: idle (a cache entry if tokens)
+    lead: bool = False  # runs its owner's first sample (the one that computes the prompt)
+    last_used: int = 0  # the table's clock when last used or shared
+
+    def scored_prefix(self, k: int) -> int:
+        """The largest m such that records[1..m] exist with at least k alternatives each."""
+        for i in range(1, len(self.tokens)):
+            r = self.records[i] if i < len(self.records) else None
+            if r is None or len(r.top_ids) < k:
+                return i - 1
+        return max(0, len(self.tokens) - 1)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
+
+
+@dataclass
+class Placement:
+    """Where a new job runs: its slots (lead first), the slot to copy a prefix from, how much."""
+
+    slots: list[Slot]
+    source: Slot | None  # None: nothing reused; the lead itself: reused in place, no copy
+    n_reused: int  # prompt tokens whose KV comes from the source (a multiple of the chunk)
+
+
+class SlotTable:
+    """The slots, the reuse decisions and the least-recently-used order of idle slots."""
+
+    def __init__(self, n_slots: int, *, chunk: int, reuse: bool = True) -> None:
+        assert n_slots >= 1 and chunk >= 1
+        self.slots = [Slot(id=i) for i in range(n_slots)]
+        self.chunk = chunk
+        self.reuse = reuse
+        self.clock = 0
+
+    def _tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    @property
+    def idle(self) -> list[Slot]:
+        return [s for s in self.slots if s.owner is None]
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens held by idle slots for reuse."""
+        return sum(len(s.tokens) for s in self.idle)
+
+    def reusable(self, prompt: Sequence[int], *, echo_top_k: int = 0) -> tuple[Slot | None, int]:
+        """The slot whose reusable tokens share the longest whole-chunk prefix with `prompt`, and
+        that length. The prompt's last token is always computed (its logits are needed). With echo
+        (echo_top_k > 0), positions 1..n must have records, since their logits are not recomputed."""
+        if not self.reuse:
+            return None, 0
+        best, best_n = None, 0
+        for s in self.slots:
+            lcp = common_prefix(s.tokens, prompt)
+            n = min(lcp, len(prompt) - 1)
+            if echo_top_k:
+                n = min(n, lcp - 1, s.scored_prefix(echo_top_k))
+            n -= n % self.chunk
+            if n > best_n or (n == best_n and n > 0 and best is not None and best.owner is not None and s.owner is None):
+                best, best_n = s, n
+        return best, best_n
+
+    def worth_waiting(self, prompt: Sequence[int]) -> bool:
+        """True while a running job is still computing whole chunks this prompt could reuse."""
+        if not self.reuse:
+            return False
+        for s in self.slots:
+            job = s.owner
+            if job is None or job.prefilled or not s.lead:
+                continue
+            shared = min(common_prefix(job.prompt, prompt), len(prompt) - 1)
+            if shared - shared % self.chunk > len(s.tokens):
+                return True
+        return False
+
+    def place(self, job: Job, *, echo_top_k: int = 0) -> Placement | None:
+        """Choose the slots for a job, or None if too few are idle. Takes them (owner = job)."""
+        n = job.n_slots
+        idle = self.idle
+        if len(idle) < n:
+            return None
+        source, n_reused = self.reusable(job.prompt, echo_top_k=echo_top_k)
+        if n_reused == 0:
+            source = None
+        chosen: list[Slot] = []
+        if source is not None and source.owner is None:
+            chosen.append(source)  # reuse in place: the lead runs in the slot that holds the prefix
+        # Then empty slots, then the least recently used idle ones (their cached prefix is dropped).
+        rest = sorted((s for s in idle if s not in chosen), key=lambda s: (bool(s.tokens), s.last_used, s.id))
+        chosen += rest[: n - len(chosen)]
+        now = self._tick()
+        for s in chosen:
+            s.owner, s.lead = job, s is chosen[0]
+            s.last_used = now
+            if s is not source:
+                s.tokens, s.records = [], []
+        if source is not None:
+            source.last_used = now
+        return Placement(slots=chosen, source=source, n_reused=n_reused)
+
+    def computed(self, slot: Slot, tokens: list[int], records: list[Record | None]) -> None:
+        """The lead's prompt has whole chunks up to len(tokens) in its KV: advertise them."""
+        slot.tokens, slot.records = tokens, records
+
+    def release(self, slot: Slot, *, keep: int) -> None:
+        """The slot's job ended: it keeps its first `keep` reusable tokens (0 empties it)."""
+        slot.owner, slot.lead = None, False
+        keep = min(keep, len(slot.tokens))
+        keep -= keep % self.chunk
+        slot.tokens, slot.records = slot.tokens[:keep], slot.records[:keep]
+        slot.last_used = self._tick()

@@ -1,0 +1,96 @@
+"""Ring 1: KV slots: whole-chunk reuse, echo records, placement order, release, and step plans."""
+import numpy as np
+
+from app.engine.jobs import Job, Record, Seq
+from app.engine.slots import SlotTable, common_prefix
+from app.engine.step import next_chunk, plan
+from app.engine.types import GenerationRequest
+
+
+def job(prompt, *, n=1, echo=False, max_new=4):
+    return Job(req=GenerationRequest(prompt="x", num_samples=n, echo_prompt=echo, max_new_tokens=max_new),
+               prompt=list(prompt), n_hidden=0, rng_seed=0)
+
+
+def rec(k=1):
+    return Record(-1.0, np.arange(k), np.full(k, -1.0))
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([], [1]) == 0 and common_prefix([1, 2], [1, 2, 3]) == 2
+
+
+def test_reuse_is_floored_to_whole_chunks_and_spares_the_last_token():
+    t = SlotTable(3, chunk=4)
+    t.slots[1].tokens = list(range(12))
+    assert t.reusable(list(range(12)))[1] == 8  # the last token is always recomputed
+    assert t.reusable(list(range(13)))[1] == 12
+    assert t.reusable(list(range(7)) + [99])[1] == 4
+    assert t.reusable([99] + list(range(1, 12)))[1] == 0
+
+
+def test_echo_needs_records_up_to_the_reused_length():
+    t = SlotTable(2, chunk=4)
+    s = t.slots[0]
+    s.tokens = list(range(12))
+    s.records = [None] + [rec(2)] * 11
+    assert t.reusable(list(range(20)), echo_top_k=2)[1] == 8  # records 1..8 exist, lcp - 1 = 11
+    assert t.reusable(list(range(20)), echo_top_k=3)[1] == 0  # too few alternatives stored
+    s.records = [None] + [rec(2)] * 5 + [None] * 6
+    assert t.reusable(list(range(20)), echo_top_k=1)[1] == 4
+
+
+def test_placement_reuses_in_place_then_takes_empty_then_least_recently_used():
+    t = SlotTable(4, chunk=4)
+    t.slots[2].tokens, t.slots[2].last_used = list(range(8)), 5
+    t.slots[3].tokens, t.slots[3].last_used = [50, 51, 52, 53], 1
+    p = t.place(job(list(range(10)), n=2))
+    assert [s.id for s in p.slots] == [2, 0] and p.source is t.slots[2] and p.n_reused == 8
+    assert p.slots[0].lead and not p.slots[1].lead
+    q = t.place(job([7, 7, 7, 7, 7], n=2))  # slot 1 is empty; slot 3 (a cache entry) is evicted
+    assert [s.id for s in q.slots] == [1, 3] and q.source is None and t.slots[3].tokens == []
+    assert t.place(job([1, 2])) is None  # nothing idle
+
+
+def test_release_keeps_whole_chunks_of_the_lead():
+    t = SlotTable(2, chunk=4)
+    j = job(list(range(10)))
+    p = t.place(j)
+    t.computed(p.slots[0], list(range(8)), [None] * 10)
+    t.release(p.slots[0], keep=7)
+    assert p.slots[0].owner is None and p.slots[0].tokens == list(range(4))
+
+
+def test_worth_waiting_only_for_chunks_still_being_computed():
+    t = SlotTable(3, chunk=4)
+    a = job(list(range(20)))
+    p = t.place(a)
+    a.seqs = [Seq(slot=p.slots[0].id, job=a, index=0, rng=np.random.default_rng(0))]
+    assert t.worth_waiting(list(range(12)) + [99])
+    t.computed(p.slots[0], list(range(12)), [])
+    a.n_past = 12
+    assert not t.worth_waiting(list(range(12)) + [99])  # all it could share is computed
+    assert not t.worth_waiting([5, 5, 5, 5, 5])
+
+
+def test_chunks_are_aligned_to_absolute_positions():
+    j = job(list(range(11)), max_new=3)
+    assert [(c.start, c.end) for c in [next_chunk(j, 0, 4), next_chunk(j, 4, 4), next_chunk(j, 8, 4)]] == \
+        [(0, 4), (4, 8), (8, 11)]
+    assert next_chunk(j, 8, 4).rows == [10]  # only the last row, for the first new token
+    assert next_chunk(j, 4, 4).rows == []
+    echo = job(list(range(11)), echo=True, max_new=0)
+    assert next_chunk(echo, 8, 4).rows == [8, 9, 10]  # echo: every row, whatever else it does
+
+
+def test_plan_decodes_everyone_and_spends_the_prompt_budget_oldest_first():
+    a, b = job(list(range(20))), job(list(range(100, 120)))
+    for k, j in enumerate((a, b)):
+        j.seqs = [Seq(slot=k, job=j, index=0, rng=np.random.default_rng(0))]
+    gens = [Seq(slot=s, job=a, index=0, rng=np.random.default_rng(0)) for s in (5, 2, 3)]
+    step = plan(gens, [a, b], chunk=4, budget=8, group_limit=2)
+    assert [[s.slot for s in g] for g in step.groups] == [[2, 3], [5]]
+    assert [(c.job is a, c.start, c.end) for c in step.chunks] == [(True, 0, 4), (True, 4, 8)]
+    b.n_past, a.n_past = 0, 20
+    assert [(c.job is b, c.start) for c in plan([], [a, b], chunk=4, budget=1, group_limit=8).chunks] == [(True, 0)]
