@@ -13,8 +13,9 @@ import requests
 from tests.fleet.haproxy import HAProxy, render
 from tests.server.conftest import Server, free_port
 
-# One llama.cpp thread per replica: three replicas share this machine's two cores.
-REPLICA_ENV = {"N_THREADS": "1", "N_CTX": "2048", "MAX_BODY_BYTES": "65536"}
+# One llama.cpp thread per replica: three replicas share this machine's two cores. 4 running + 4
+# cached prompts of up to 1024 tokens each: 8 KV streams, 180 MiB per replica for SmolLM2.
+REPLICA_ENV = {"N_THREADS": "1", "N_CTX": "1024", "N_PARALLEL": "4", "MAX_NUM_SAMPLES": "4", "MAX_BODY_BYTES": "65536"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -120,5 +121,6 @@ def run_load(url: str, bodies: list[dict], clients: int) -> tuple[float, list[tu
 
 
 def answer(body: dict) -> dict:
-    """What a response says about the model, without its timing."""
-    return {k: v for k, v in body.items() if k != "request_time"}
+    """What a response says about the model: all of it but its timing and how much of the prompt
+    the replica found in its prefix cache."""
+    return {k: v for k, v in body.items() if k not in ("request_time", "cached_tokens")}

@@ -1,11 +1,10 @@
 """Ring 3, fleet: three real replicas (SmolLM2, gunicorn, 127.0.0.1) behind Debian's HAProxy running
 deploy/haproxy/haproxy.cfg. Run with -s to see the numbers (no timing asserts).
 
-The first three tests run the replicas with DETERMINISTIC=1, where one server's answers are
-bit-identical under any load, so "equal to a single server" is asserted exactly (text, tokens,
-logprobs, top logprobs): the proxy, the failover and the rejoin change no answer. The default
-batched mode is not batch-invariant yet (README, "Determinism"); the affinity test runs in it (the
-prefix cache is off in DETERMINISTIC mode) and reports how its answers differ between runs.
+The replicas run in the default mode (batched, prefix reuse on), which is bit-reproducible: a
+request's answer does not depend on what else runs or what the cache holds. So "equal to a single
+server" is asserted exactly (text, tokens, logprobs, top logprobs): the proxy, the failover and the
+rejoin change no answer.
 """
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ CLIENTS = 6
 
 @pytest.fixture(scope="module")
 def fleet(model_path, tmp_path_factory):
-    with Fleet(model_path, tmp_path_factory.mktemp("fleet"), DETERMINISTIC="1") as f:
+    with Fleet(model_path, tmp_path_factory.mktemp("fleet")) as f:
         yield f
 
 
