@@ -7,6 +7,7 @@
 #   docker build --build-arg BACKEND=cpu -t llm-eval:cpu .       # no CUDA anywhere
 #   HF_TOKEN=hf_... docker build --secret id=hf_token,env=HF_TOKEN -t llm-eval .   # a gated model
 #   docker run --gpus all -p 8080:80 llm-eval
+#   docker stop --time 90 <container>                            # drains: see STOPSIGNAL below
 #
 # Every RUN step calls a script under docker/; CI runs the same scripts (BACKEND=cpu) in tests/docker/.
 # See the Docker section of README.md.
@@ -103,16 +104,16 @@ COPY --from=builder /engine /engine
 # N_CTX: the context window of one request, in tokens (the server's N_CTX setting).
 ARG N_CTX=4096
 # N_GPU_LAYERS=-1: every layer on the GPU (ignored by the CPU build).
-# N_PARALLEL / KV_CACHE_TOKENS: 16 sequences batched together over 16k KV cells (2 GiB for a 7B
-# model with grouped-query attention), so HELM's 4+ requests in flight and their shared few-shot
-# prefixes fit; lower them for a small GPU.
+# N_PARALLEL / PREFIX_CACHE_SLOTS: 8 sequences decoded together, each in a KV slot of N_CTX cells,
+# and 8 more slots keeping finished prompts for reuse: 16 x 4096 cells, 8 GiB for a 7B model with
+# grouped-query attention (128 KiB a cell); lower them for a small GPU.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MODEL_PATH=/engine/model.gguf \
     N_GPU_LAYERS=-1 \
     N_CTX=${N_CTX} \
-    N_PARALLEL=16 \
-    KV_CACHE_TOKENS=16384
+    N_PARALLEL=8 \
+    PREFIX_CACHE_SLOTS=8
 # Not root. Docker lets any user bind ports below 1024 inside a container's own network namespace
 # (net.ipv4.ip_unprivileged_port_start=0 since Docker 20.10).
 USER 10001:10001
@@ -120,5 +121,10 @@ EXPOSE 80
 # Loading a 7B engine takes up to a few minutes on a cold disk: the start period covers it.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
     CMD ["python", "docker/healthcheck.py", "http://127.0.0.1:80/health"]
-# Settings live in gunicorn.conf.py; only the port differs from a bare-metal run.
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "-b", "0.0.0.0:80", "wsgi:app"]
+# SIGTERM drains: new requests get 503 while running ones finish, for up to DRAIN_TIMEOUT (60 s by
+# default) plus 15 s for the processes to exit, so stop with `docker stop --time 90` (Docker's
+# default of 10 s would cut long generations off).
+STOPSIGNAL SIGTERM
+# nginx on port 80 in front of gunicorn on a unix socket (app/serve.py), as scripts/serve.sh runs
+# it; settings live in gunicorn.conf.py and app/config.py, only the port differs from bare metal.
+CMD ["python", "-m", "app.serve", "--bind", "0.0.0.0:80"]

@@ -2,20 +2,28 @@
 from __future__ import annotations
 
 import time
-from typing import TypeVar
+from contextlib import contextmanager
+from typing import Iterator, TypeVar
 
 import pydantic
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app import schemas
 from app.config import Settings
+from app.engine.errors import EngineOverloaded
 from app.engine.sampling import SamplingParams
-from app.engine.types import Completion, GenerationRequest
+from app.engine.types import Completion, GenerationRequest, GenerationResult
 from app.errors import RequestInvalid
 from app.http_client import disconnect_probe
 
 bp = Blueprint("api", __name__)
 M = TypeVar("M", bound=pydantic.BaseModel)
+
+# Bodies above this size take turns (LARGE_BODY_CONCURRENCY at once): a body costs the worker a
+# few times its size while it is parsed, tokenized and answered.
+LARGE_BODY_BYTES = 256 * 1024
+# How long a large request waits for its turn before it is answered 503 (seconds).
+LARGE_BODY_WAIT_S = 60.0
 
 
 def _engine():
@@ -24,6 +32,21 @@ def _engine():
 
 def _settings() -> Settings:
     return current_app.extensions["settings"]
+
+
+@contextmanager
+def _turn_for_large_body() -> Iterator[None]:
+    """Hold one of LARGE_BODY_CONCURRENCY turns while a large body is read, used and answered."""
+    if (request.content_length or 0) <= LARGE_BODY_BYTES:
+        yield
+        return
+    turns = current_app.extensions["large_bodies"]
+    if not turns.acquire(timeout=LARGE_BODY_WAIT_S):
+        raise EngineOverloaded(f"too many large requests at once: none finished within {LARGE_BODY_WAIT_S:.0f} s")
+    try:
+        yield
+    finally:
+        turns.release()
 
 
 def _parse(model: type[M]) -> M:
@@ -73,12 +96,23 @@ def _completion(c: Completion) -> dict:
     }
 
 
+def _account(result: GenerationResult, seconds: float) -> None:
+    """Leave the engine's numbers for the access log (flask.g) and the metrics."""
+    g.prompt_tokens = result.n_prompt_tokens
+    g.new_tokens = result.n_generated_tokens
+    g.cached_tokens = result.n_cached_tokens
+    g.queue_ms = round(result.queue_s * 1000, 1)
+    current_app.extensions["metrics"].request_finished(result, seconds)
+
+
 @bp.post("/process")
 def process():
     """Generate (or score, with echo_prompt) a completion, HELM's way."""
     t0 = time.perf_counter()
-    req = _to_generation(_parse(schemas.ProcessRequest), _settings())
+    with _turn_for_large_body():
+        req = _to_generation(_parse(schemas.ProcessRequest), _settings())
     result = _engine().generate(req, is_disconnected=disconnect_probe(request.environ))
+    _account(result, time.perf_counter() - t0)
     completions = [_completion(c) for c in result.completions]
     body = {
         **completions[0],
@@ -94,17 +128,21 @@ def process():
 def tokenize():
     """Token ids of a text, as the model sees them (BOS included where the model adds one)."""
     t0 = time.perf_counter()
-    body = _parse(schemas.TokenizeRequest)
-    tokens = _engine().tokenize(body.text, truncation=body.truncation, max_length=body.max_length)
-    return jsonify(tokens=tokens, request_time=time.perf_counter() - t0)
+    with _turn_for_large_body():
+        body = _parse(schemas.TokenizeRequest)
+        tokens = _engine().tokenize(body.text, truncation=body.truncation, max_length=body.max_length)
+        del body  # the text can be megabytes: free it before the answer is built
+        g.prompt_tokens = len(tokens)
+        return jsonify(tokens=tokens, request_time=time.perf_counter() - t0)
 
 
 @bp.post("/decode")
 def decode():
     """Text of token ids; decode(tokenize(x)) == x."""
     t0 = time.perf_counter()
-    body = _parse(schemas.DecodeRequest)
-    return jsonify(text=_engine().decode(body.tokens), request_time=time.perf_counter() - t0)
+    with _turn_for_large_body():
+        body = _parse(schemas.DecodeRequest)
+        return jsonify(text=_engine().decode(body.tokens), request_time=time.perf_counter() - t0)
 
 
 @bp.get("/health")
@@ -114,9 +152,18 @@ def health():
     return jsonify(info), 200 if info["status"] == "ok" else 503
 
 
+@bp.get("/metrics")
+def metrics():
+    """Prometheus text format: vLLM's metric names, read from the engine now."""
+    from app.metrics import CONTENT_TYPE
+
+    return Response(current_app.extensions["metrics"].render(), content_type=CONTENT_TYPE)
+
+
 @bp.get("/openapi.json")
 def openapi():
-    """The API description, made from app/schemas.py (the same file as the repository's openapi.json)."""
+    """The API description, made from app/schemas.py with this server's limits (the repository's
+    openapi.json is the same document for the default settings)."""
     from app.openapi import document
 
-    return jsonify(document())
+    return jsonify(document(_settings()))

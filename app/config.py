@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -73,8 +73,32 @@ class Settings:
     max_num_samples: int = 8
     # MAX_TOP_K_PER_TOKEN: the largest top_k_per_token one request may ask for.
     max_top_k_per_token: int = 100
-    # MAX_BODY_BYTES: request bodies above this size are answered 413.
-    max_body_bytes: int = 8 * 1024 * 1024
+    # MAX_BODY_BYTES: request bodies above this size are answered 413 (by the proxy and by the app).
+    # 2 MiB is ~500k tokens of text, 250 times HELM's 2048-token window; what one request can cost
+    # in the worker (JSON text, token ids as Python ints, the JSON answer) is a few times this.
+    max_body_bytes: int = 2 * 1024 * 1024
+    # LARGE_BODY_CONCURRENCY: requests with bodies over 256 KiB parsed and served at once; more wait
+    # their turn (bounds the worker's memory under many large /tokenize calls).
+    large_body_concurrency: int = 2
+    # MAX_QUEUED: requests waiting for the scheduler beyond those running; more get 503 with
+    # Retry-After. -1 means 4 x N_PARALLEL: a queued request then starts within about four
+    # generations' time, and running + queued stays below gunicorn's threads (see http_threads).
+    max_queued: int = -1
+    # REQUEST_TIMEOUT: seconds a /process request may take from arrival to answer; past it the
+    # request is cancelled, its sequences freed, and the answer is 504. 0: no deadline.
+    request_timeout: int = 600
+    # DRAIN_TIMEOUT: seconds running requests get to finish after SIGTERM (new ones get 503).
+    drain_timeout: int = 60
+    # API_KEY: when set, every route but /health (and /metrics, see METRICS_REQUIRE_KEY) needs
+    # "Authorization: Bearer KEY" or "X-Api-Key: KEY". Off by default: HELM's neurips/local client
+    # sends no key. Never shown in a repr or a log.
+    api_key: str = field(default="", repr=False)
+    # API_KEY_FILE: a file holding the key (first line), e.g. a Docker or Kubernetes secret.
+    api_key_file: str = ""
+    # METRICS_REQUIRE_KEY: whether GET /metrics needs the API key too (off: scrapers need none).
+    metrics_require_key: bool = False
+    # LOG_FORMAT: "text" (one readable access-log line per request) or "json" (one JSON object).
+    log_format: str = "text"
     # PARSE_SPECIAL: whether "<|im_start|>" and the like in a prompt become special tokens
     # (off: text is text, and decode(tokenize(x)) == x for any x).
     parse_special: bool = False
@@ -95,6 +119,17 @@ class Settings:
         """KV slots (one llama.cpp sequence and KV stream each): running ones plus cache ones."""
         extra = self.n_parallel if self.prefix_cache_slots < 0 else self.prefix_cache_slots
         return self.n_parallel + extra
+
+    @property
+    def queue_limit(self) -> int:
+        """Requests that may wait for the scheduler, resolved from max_queued."""
+        return self.max_queued if self.max_queued >= 0 else 4 * self.n_parallel
+
+    @property
+    def http_threads(self) -> int:
+        """gunicorn's threads: every request that may run or queue, plus 16 for /health, /metrics,
+        /tokenize and /decode, so overload is refused by the queue limit, never by a lack of threads."""
+        return self.n_parallel + self.queue_limit + 16
 
     @property
     def kv_cells(self) -> int:
@@ -129,12 +164,22 @@ class Settings:
             f"MAX_NUM_SAMPLES must be 1..N_PARALLEL ({self.n_parallel}), got {self.max_num_samples}"
         )
         assert self.max_body_bytes >= 1024, f"MAX_BODY_BYTES must be at least 1024, got {self.max_body_bytes}"
+        assert self.large_body_concurrency >= 1, (
+            f"LARGE_BODY_CONCURRENCY must be at least 1, got {self.large_body_concurrency}"
+        )
+        assert self.max_queued >= -1, f"MAX_QUEUED must be -1 (4 x N_PARALLEL) or at least 0, got {self.max_queued}"
+        assert self.request_timeout >= 0, f"REQUEST_TIMEOUT must be 0 (none) or seconds, got {self.request_timeout}"
+        assert self.drain_timeout >= 0, f"DRAIN_TIMEOUT must be at least 0 seconds, got {self.drain_timeout}"
+        assert self.log_format in ("text", "json"), f"LOG_FORMAT must be text or json, got {self.log_format!r}"
         return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Defaults, then the environment, then explicit overrides (a test's dict)."""
         environ = os.environ if environ is None else environ
+        for var, instead in _REMOVED.items():
+            if environ.get(var):
+                raise ValueError(f"{var} is no longer a setting: {instead}")
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             var = _ENV_NAMES.get(f.name, f.name.upper())
@@ -145,6 +190,8 @@ class Settings:
             values["model_path"] = Path(values["model_path"])
         if "tensor_split" in values:  # a test's list or tuple of shares
             values["tensor_split"] = tuple(float(x) for x in values["tensor_split"])
+        if values.get("api_key_file") and not values.get("api_key"):
+            values["api_key"] = _read_key(Path(values["api_key_file"]))
         return cls(**values).validate()
 
 
@@ -153,8 +200,27 @@ SPLIT_MODES = ("none", "layer", "row")
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
+# Settings of the engine before per-slot KV streams: refused with what replaces them.
+_REMOVED = {
+    "KV_CACHE_TOKENS": "KV memory is (N_PARALLEL + PREFIX_CACHE_SLOTS) x N_CTX cells; set those",
+    "PREFIX_CACHE_TOKENS": "the prefix cache is PREFIX_CACHE_SLOTS slots (0: only idle running slots; "
+    "PREFIX_REUSE=0 turns reuse off)",
+}
+
 # Fields whose variable is not simply the upper-cased field name.
 _ENV_NAMES = {"default_seed": "SEED"}
+
+
+def _read_key(path: Path) -> str:
+    """The API key in a file: its first line, stripped; fails naming the file (never the key)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"API_KEY_FILE={path} cannot be read: {exc.strerror}") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise ValueError(f"API_KEY_FILE={path} is empty")
+    return key
 
 
 def _parse(annotation: Any, raw: str, var: str) -> Any:

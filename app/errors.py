@@ -13,7 +13,9 @@ from app.engine.errors import (
     EngineError,
     EngineNotReady,
     EngineOverloaded,
+    QueueFull,
     RequestCancelled,
+    RequestTimedOut,
     TokenOutOfRange,
 )
 
@@ -23,9 +25,14 @@ log = logging.getLogger(__name__)
 ENGINE_ERRORS: list[tuple[type[EngineError], int, str, str | None]] = [
     (ContextLengthExceeded, 400, "context_length_exceeded", "max_new_tokens"),
     (EngineNotReady, 503, "model_not_ready", None),
+    (QueueFull, 503, "queue_full", None),
     (EngineOverloaded, 503, "overloaded", None),
+    (RequestTimedOut, 504, "request_timeout", None),
     (RequestCancelled, 499, "client_closed_request", None),
 ]
+
+# Headers of werkzeug's own error responses worth keeping (405's Allow, 401's WWW-Authenticate).
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 
 
 class RequestInvalid(Exception):
@@ -72,14 +79,23 @@ def register(app: Flask) -> None:
     def _engine(exc: EngineError):
         for cls, status, type_, param in ENGINE_ERRORS:
             if isinstance(exc, cls):
-                return error_body(status, type_, str(exc), param)
+                response, status = error_body(status, type_, str(exc), param)
+                if isinstance(exc, QueueFull):
+                    response.headers["Retry-After"] = str(exc.retry_after_s)
+                elif status == 503:
+                    response.headers["Retry-After"] = "5"
+                return response, status
         log.error("engine error: %s", exc, exc_info=exc)
         return error_body(500, "internal_error", "internal error")
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         type_ = (exc.name or "error").lower().replace(" ", "_")
-        return error_body(exc.code or 500, type_, exc.description or exc.name)
+        response, status = error_body(exc.code or 500, type_, exc.description or exc.name)
+        for name, value in exc.get_headers():
+            if name in _KEPT_HEADERS:
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

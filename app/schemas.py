@@ -1,13 +1,26 @@
 """Request and response shapes, declared once: the views validate with them, openapi.json is made from them."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 # Strict: "5" is not an int and 1.5 is not an int (an int is still a valid float).
+# Not finite is not a number: Infinity, NaN and 1e400 (which JSON parsing makes infinite) are 422s.
 # Unknown keys are ignored, as the challenge's FastAPI server does.
-_STRICT = ConfigDict(strict=True, extra="ignore")
+_STRICT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+def _whole_number(value: Any) -> Any:
+    """1.0 -> 1: JSON Schema counts a number with a zero fraction as an integer. Everything else
+    goes to strict validation unchanged, so "5", 2.5, true and Infinity are still rejected."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field: an int, or a float with no fractional part.
+Int = Annotated[int, BeforeValidator(_whole_number)]
 
 
 def _encodable(value: str, field: str) -> str:
@@ -24,15 +37,17 @@ class ProcessRequest(BaseModel):
     model_config = _STRICT
 
     prompt: str = Field(min_length=1, description="The text to continue (or to score, with echo_prompt).")
-    num_samples: int = Field(1, ge=1, description="Completions to draw; the challenge's name for it.")
-    max_new_tokens: int = Field(50, ge=0, description="Most tokens to generate; 0 with echo_prompt scores the prompt.")
-    top_k: int = Field(200, ge=0, description="Sample among the k most likely tokens; 0 disables.")
+    num_samples: Int = Field(1, ge=1, description="Completions to draw; the challenge's name for it.")
+    max_new_tokens: Int = Field(50, ge=0, description="Most tokens to generate; 0 with echo_prompt scores the prompt.")
+    top_k: Int = Field(200, ge=0, description="Sample among the k most likely tokens; 0 disables.")
     temperature: float = Field(0.8, ge=0.0, description="At or below 1e-5 decoding is greedy (HELM sends 1e-7).")
-    seed: Optional[int] = Field(None, description="Same seed and same request give the same output.")
+    seed: Optional[Int] = Field(None, description="Same seed and same request give the same output.")
     echo_prompt: bool = Field(False, description="Return the prompt and its tokens' logprobs before the completion.")
-    num_return_sequences: Optional[int] = Field(None, ge=1, description="HELM's name for num_samples.")
+    num_return_sequences: Optional[Annotated[int, Field(ge=1), BeforeValidator(_whole_number)]] = Field(
+        None, description="HELM's name for num_samples."
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set with this mass.")
-    top_k_per_token: int = Field(1, ge=1, description="Alternatives reported in each token's top_logprob.")
+    top_k_per_token: Int = Field(1, ge=1, description="Alternatives reported in each token's top_logprob.")
     stop_sequences: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, max_length=16, description="Generation stops before the first of these."
     )
@@ -52,7 +67,7 @@ class TokenizeRequest(BaseModel):
 
     text: str = Field(description="Text to tokenize.")
     truncation: bool = Field(True, description="Keep only the first max_length tokens.")
-    max_length: int = Field(2048, ge=1, description="Token limit applied when truncation is true.")
+    max_length: Int = Field(2048, ge=1, description="Token limit applied when truncation is true.")
 
     _text_ok = field_validator("text")(lambda v: _encodable(v, "text"))
 
@@ -62,7 +77,7 @@ class DecodeRequest(BaseModel):
 
     model_config = _STRICT
 
-    tokens: list[int] = Field(description="Token ids; BOS, EOS and control tokens decode to nothing.")
+    tokens: list[Int] = Field(description="Token ids; BOS, EOS and control tokens decode to nothing.")
 
 
 class Token(BaseModel):
@@ -99,6 +114,29 @@ class TokenizeResponse(BaseModel):
 class DecodeResponse(BaseModel):
     text: str
     request_time: float
+
+
+class HealthResponse(BaseModel):
+    """GET /health: "ok" (200) once the model is loaded; "loading", "error" or "draining" (503).
+    Beyond these keys it reports the model's facts and the engine's load and counters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(description='"ok", "loading", "error" (the model failed to load) or "draining" (shutting down).')
+    model: Optional[str] = Field(None, description="The served model's name.")
+    model_file: Optional[str] = Field(None, description="The GGUF file's name (never its directory).")
+    error: Optional[str] = Field(None, description="Why the model failed to load.")
+    n_ctx: Optional[int] = Field(None, description="Tokens one request may use (prompt + max_new_tokens).")
+    max_new_tokens: Optional[int] = Field(None, description="This server's largest max_new_tokens (N_CTX).")
+    max_num_samples: Optional[int] = Field(None, description="This server's largest num_samples / num_return_sequences.")
+    max_top_k_per_token: Optional[int] = Field(None, description="This server's largest top_k_per_token.")
+    max_body_bytes: Optional[int] = Field(None, description="Larger request bodies are answered 413.")
+    max_queued: Optional[int] = Field(None, description="Requests that may wait beyond N_PARALLEL before 503s.")
+    request_timeout: Optional[int] = Field(None, description="Seconds a /process request may take (0: no limit).")
+    running: Optional[int] = Field(None, description="Requests admitted by the scheduler, not yet finished.")
+    queued: Optional[int] = Field(None, description="Requests waiting for the scheduler.")
+    rejected_queue_full: Optional[int] = Field(None, description="Requests refused with 503 since start (queue full).")
+    timed_out: Optional[int] = Field(None, description="Requests answered 504 since start (REQUEST_TIMEOUT).")
 
 
 class ValidationError(BaseModel):

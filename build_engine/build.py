@@ -21,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from build_engine import chart, describe, evaluate, fetch, imatrix, quantize, specs, vendor
+from build_engine import chart, describe, evaluate, fetch, imatrix, quantize, requirements, specs, vendor
 from build_engine.checkpoint import check_checkpoint, weight_files
 from build_engine.convert import OUTTYPES, convert, default_outtype
 from build_engine.errors import BuildError
@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--converter-cache", type=Path, default=Path(os.environ.get(
         "BUILD_ENGINE_CONVERTER_CACHE", vendor.DEFAULT_CACHE)), help="where the llama.cpp converter is extracted")
     args = parser.parse_args(argv)
+    requirements.check()  # torch & co. are not part of the serving setup
     try:
         spec = specs.load_spec(args.model)
         quants = quantize.parse_quant_list(args.quant or (spec or {}).get("recommended_quant") or DEFAULT_QUANT)

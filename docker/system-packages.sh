@@ -11,10 +11,11 @@ case "$role/$backend" in
     # build-essential + cmake: llama.cpp's compile; git: pip's VCS support and llama.cpp's build number.
     builder/cpu)  packages=(build-essential cmake git ca-certificates) ;;
     builder/cuda) packages=(build-essential cmake git ca-certificates python3 python3-venv python3-dev) ;;
-    # libgomp1: llama.cpp's CPU threads (OpenMP). The CUDA runtime's venv runs on the system python3,
-    # the same interpreter the builder made it with.
-    runtime/cpu)  packages=(libgomp1) ;;
-    runtime/cuda) packages=(libgomp1 python3) ;;
+    # libgomp1: llama.cpp's CPU threads (OpenMP). nginx: the buffering proxy in front of gunicorn
+    # (app/serve.py). The CUDA runtime's venv runs on the system python3, the same interpreter the
+    # builder made it with.
+    runtime/cpu)  packages=(libgomp1 nginx) ;;
+    runtime/cuda) packages=(libgomp1 nginx python3) ;;
     *) echo "system-packages.sh: unknown role/BACKEND '$role/$backend' (known: builder|runtime, cuda|cpu)" >&2; exit 2 ;;
 esac
 

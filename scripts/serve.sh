@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set everything up, then serve the default model (or MODEL_PATH) on port 8080 (or PORT).
+# Set everything up, then serve the default model (or MODEL_PATH) on port 8080 (or PORT):
+# nginx on the port, gunicorn behind it on a unix socket (app/serve.py), as in the Docker image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/gunicorn -c gunicorn.conf.py -b "0.0.0.0:${PORT:-8080}" wsgi:app
+exec .venv/bin/python -m app.serve --bind "0.0.0.0:${PORT:-8080}"

@@ -25,10 +25,19 @@ class FakeEngine:
             self._ready.set()
         return self
 
+    model_name = "fake"
+
     def info(self) -> dict:
         if not self._ready.is_set():
             return {"status": "loading"}
         return {"status": "ok", "model": "fake", "quant": "none", "n_ctx": self.settings.n_ctx}
+
+    def stats(self) -> dict:
+        """What Engine.stats() reports, with the fake's own counts."""
+        n = len(self.requests)
+        return {"running": 0, "queued": 0, "kv_cache_usage": 0.25, "prompt_tokens_total": 7 * n,
+                "generation_tokens_total": 3 * n, "prefix_cache_queries_total": 7 * n, "prefix_cache_hits_total": 2 * n,
+                "requests_finished_total": {"length": n}, "rejected_queue_full_total": 0, "timed_out_total": 0}
 
     def _require(self) -> None:
         if not self._ready.is_set():
@@ -58,7 +67,8 @@ class FakeEngine:
         tokens = shown + gen
         text = (req.prompt if req.echo_prompt else "") + req.prompt[-1] * req.max_new_tokens
         c = Completion(text=text, tokens=tokens, logprob=sum(t.logprob for t in tokens), finish_reason="length")
-        return GenerationResult(completions=[c] * req.num_samples, n_prompt_tokens=len(req.prompt), n_cached_tokens=0)
+        return GenerationResult(completions=[c] * req.num_samples, n_prompt_tokens=len(req.prompt), n_cached_tokens=0,
+                                queue_s=0.5, first_token_s=0.75, n_generated_tokens=req.num_samples * req.max_new_tokens)
 
 
 class BrokenEngine(FakeEngine):

@@ -1,8 +1,8 @@
 """The engine: the one object the HTTP layer talks to. It owns the model and its scheduler."""
 from __future__ import annotations
 
-import json
 import logging
+import math
 import queue
 import secrets
 import threading
@@ -15,15 +15,22 @@ from app.engine.errors import (
     EmptyPrompt,
     EngineError,
     EngineNotReady,
+    QueueFull,
     RequestCancelled,
+    RequestTimedOut,
     TokenOutOfRange,
 )
+from app.engine.manifest import read_manifest
+from app.engine.stats import EngineCounters
 from app.engine.types import GenerationRequest, GenerationResult, StreamPiece
 
 log = logging.getLogger(__name__)
 
 # How often a waiting request checks whether its client is still connected (seconds).
 POLL_INTERVAL_S = 0.25
+# How long a cancelled request waits for the scheduler to free its slots before the HTTP thread
+# gives up on it (a healthy scheduler takes one step; a wedged one must not hold threads).
+CANCEL_WAIT_S = 30.0
 
 
 class Engine:
@@ -37,6 +44,9 @@ class Engine:
         self._load_error: str | None = None
         self._loaded_at: float | None = None
         self._manifest: dict[str, Any] = {}
+        self.counters = EngineCounters()
+        self._in_flight = 0  # requests submitted and not yet returned
+        self._admission = threading.Lock()  # guards _in_flight against the queue limit
 
     # ---- lifecycle ----
 
@@ -60,7 +70,7 @@ class Engine:
             t0 = time.monotonic()
             self._model = LlamaModel(s, n_slots=s.n_slots)
             self._scheduler = Scheduler(self._model, s)
-            self._manifest = _read_manifest(s)
+            self._manifest = read_manifest(s)
             self._loaded_at = time.monotonic() - t0
             if s.n_ctx > self._model.info.n_ctx_train:
                 log.warning("N_CTX=%d exceeds the model's training context of %d", s.n_ctx, self._model.info.n_ctx_train)
@@ -68,7 +78,7 @@ class Engine:
             self._ready.set()
         except Exception as exc:  # noqa: BLE001 - reported by /health, logged in full
             log.exception("could not load the model")
-            self._load_error = str(exc)
+            self._load_error = _file_names_only(str(exc), s.model_path)
 
     @property
     def ready(self) -> bool:
@@ -93,20 +103,21 @@ class Engine:
             raise EngineNotReady(f"the scheduler is not running ({self._scheduler.dead or 'stopped'})")
         return self._model
 
-    # ---- what /health reports ----
+    # ---- what /health and /metrics report ----
 
     def info(self) -> dict[str, Any]:
         """Model and engine facts; {"status": "loading"|"error"} before the model is up."""
         s = self.settings
         if not self._ready.is_set():
             status = "error" if self._load_error else "loading"
-            return {"status": status, "model_file": s.model_path.name, "error": self._load_error}
+            return {"status": status, "model_file": s.model_path.name, "error": self._load_error, **self.limits()}
         mi = self._model.info
         sched = self._scheduler
+        counts = self.counters.snapshot()
         return {
             "status": "ok" if sched.alive else "error",
             "error": None if sched.alive else f"the scheduler is not running ({sched.dead or 'stopped'})",
-            "model": s.model_name or mi.name,
+            "model": self.model_name,
             "model_file": s.model_path.name,
             "quant": self._manifest.get("quant") or mi.file_type,
             "description": mi.description,
@@ -129,8 +140,52 @@ class Engine:
             "add_bos": mi.add_bos,
             "load_seconds": round(self._loaded_at or 0.0, 3),
             **sched.load(),
+            "in_flight": self._in_flight,
+            "kv_cache_usage": self.stats()["kv_cache_usage"],
+            "rejected_queue_full": counts["rejected_queue_full_total"],
+            "timed_out": counts["timed_out_total"],
+            **self.limits(),
             "manifest": self._manifest or None,
         }
+
+    @property
+    def model_name(self) -> str:
+        """The served model's name: MODEL_NAME, else the GGUF's general.name, else its file name."""
+        if self.settings.model_name:
+            return self.settings.model_name
+        return self._model.info.name if self._ready.is_set() else self.settings.model_path.stem
+
+    def limits(self) -> dict[str, int]:
+        """The largest values this server accepts, for clients (also in the served openapi.json)."""
+        s = self.settings
+        return {
+            "max_new_tokens": s.n_ctx,
+            "max_num_samples": s.max_num_samples,
+            "max_top_k_per_token": s.max_top_k_per_token,
+            "max_body_bytes": s.max_body_bytes,
+            "max_queued": s.queue_limit,
+            "request_timeout": s.request_timeout,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for /metrics: requests running and queued, KV use (0..1: slots running a
+        sequence, of all KV slots), totals since start."""
+        running = queued = 0
+        usage = 0.0
+        if self._ready.is_set():
+            load = self._scheduler.load()
+            running, queued = load["running"], load["queued"]
+            usage = load["kv_slots_in_use"] / self.settings.n_slots
+        return {"running": running, "queued": queued, "kv_cache_usage": usage, **self.counters.snapshot()}
+
+    def chat_template(self) -> str | None:
+        """The GGUF's own chat template (tokenizer.chat_template), if it has one."""
+        return self._require().info.chat_template
+
+    def special_tokens(self) -> dict[str, str]:
+        """Texts of the model's BOS and EOS tokens."""
+        info = self._require().info
+        return {"bos_token": info.bos_text, "eos_token": info.eos_text}
 
     # ---- tokenizer (no scheduler: never waits behind generation) ----
 
@@ -154,37 +209,48 @@ class Engine:
     def generate(
         self, req: GenerationRequest, *, is_disconnected: Callable[[], bool] | None = None
     ) -> GenerationResult:
-        """Run one request through the scheduler and wait for its answer."""
+        """Run one request through the scheduler and wait for its answer (at most REQUEST_TIMEOUT)."""
+        t0 = time.monotonic()
         job = self._submit(req, progress=None)
-        while not job.done.wait(POLL_INTERVAL_S):
-            if is_disconnected is not None and is_disconnected():
-                self._scheduler.cancel(job)
-                job.done.wait()
-        return self._answer(job)
+        try:
+            timed_out = self._wait(job, t0, is_disconnected)
+        finally:
+            with self._admission:
+                self._in_flight -= 1
+        return self._answer(job, t0, timed_out)
 
     def stream(
         self, req: GenerationRequest, *, is_disconnected: Callable[[], bool] | None = None
     ) -> Iterator[StreamPiece | GenerationResult]:
         """Yield each generated token's text as it comes (StreamPiece), then the GenerationResult.
         Closing the iterator early cancels the request and frees its slots."""
+        t0 = time.monotonic()
         job = self._submit(req, progress=queue.SimpleQueue())
+        timeout = self.settings.request_timeout
+        deadline = t0 + timeout if timeout > 0 else math.inf
+        timed_out = False
         try:
             while True:
                 try:
                     item = job.progress.get(timeout=POLL_INTERVAL_S)
                 except queue.Empty:
+                    if time.monotonic() >= deadline:
+                        self._cancel(job, "deadline")
+                        timed_out = True
+                        break
                     if is_disconnected is not None and is_disconnected():
-                        self._scheduler.cancel(job)
-                        job.done.wait()
-                        raise RequestCancelled("the client disconnected") from None
+                        self._cancel(job, "client gone")
+                        break
                     continue
                 if item is None:
                     break
                 yield StreamPiece(index=item[0], text=item[1])
-            yield self._answer(job)
+            yield self._answer(job, t0, timed_out)
         finally:
             if not job.done.is_set():
                 self._scheduler.cancel(job)
+            with self._admission:
+                self._in_flight -= 1
 
     def prompt_tokens(self, req: GenerationRequest) -> list[int]:
         """The token ids a request's prompt becomes (given ids are used as they are)."""
@@ -197,12 +263,13 @@ class Engine:
         return model.tokenize(req.prompt, add_special=True, parse_special=self.settings.parse_special)
 
     def _submit(self, req: GenerationRequest, *, progress: queue.SimpleQueue | None):
+        """Validate and queue a request, or refuse it when N_PARALLEL + MAX_QUEUED are in flight."""
         from app.engine.jobs import Job
 
         model = self._require()
         prompt = self.prompt_tokens(req)
         if not prompt:
-            raise EmptyPrompt()
+            raise EmptyPrompt(len(req.prompt))
         n_ctx = self.settings.n_ctx
         if len(prompt) + req.max_new_tokens > n_ctx:
             raise ContextLengthExceeded(len(prompt), req.max_new_tokens, n_ctx)
@@ -214,74 +281,68 @@ class Engine:
             rng_seed=seed if seed >= 0 else secrets.randbits(63),
             progress=progress,
         )
-        self._scheduler.submit(job)
+        limit = self.settings.n_parallel + self.settings.queue_limit
+        with self._admission:
+            if self._in_flight >= limit:
+                self.counters.rejected()
+                raise QueueFull(self._in_flight - self.settings.n_parallel, self._retry_after())
+            self._scheduler.submit(job)
+            self._in_flight += 1
         return job
 
-    def _answer(self, job) -> GenerationResult:
+    def _retry_after(self) -> int:
+        """Seconds until a place frees up, about: the queue ahead, N_PARALLEL at a time, times the
+        recent mean request duration (1..120)."""
+        rounds = self.settings.queue_limit / self.settings.n_parallel + 1
+        return int(min(120, max(1, math.ceil(rounds * self.counters.mean_request_s))))
+
+    def _wait(self, job, t0: float, is_disconnected: Callable[[], bool] | None) -> bool:
+        """Wait for the job; cancel it when its client goes away or its deadline passes.
+        True when it was cancelled for the deadline."""
+        timeout = self.settings.request_timeout
+        deadline = t0 + timeout if timeout > 0 else math.inf
+        while not job.done.wait(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                self._cancel(job, "deadline")
+                return True
+            if is_disconnected is not None and is_disconnected():
+                self._cancel(job, "client gone")
+                return False
+        return False
+
+    def _cancel(self, job, why: str) -> None:
+        """Have the scheduler drop the job and free its slots; wait a bounded time for it."""
+        self._scheduler.cancel(job)
+        if not job.done.wait(CANCEL_WAIT_S):
+            log.error("a request (%s) was not released by the scheduler within %.0f s", why, CANCEL_WAIT_S)
+            job.error = job.error or RequestCancelled(f"cancelled ({why})")
+
+    def _answer(self, job, t0: float, timed_out: bool) -> GenerationResult:
+        """The finished job's result (built here, in the request's thread), counted in the totals."""
         from app.engine.outputs import build_result
 
+        if timed_out and job.error is not None:  # (a result that beat the cancellation is still served)
+            self.counters.aborted(job.req.num_samples, timed_out=True)
+            raise RequestTimedOut(self.settings.request_timeout)
         if job.error is not None:
+            if isinstance(job.error, RequestCancelled):
+                self.counters.aborted(job.req.num_samples)
             raise job.error
-        return build_result(job, self._model.pieces)
-
-    # ---- what /metrics reads ----
-
-    def stats(self) -> dict[str, Any]:
-        """Counters and gauges for metrics, a snapshot: running/queued requests, KV use (0..1),
-        prompt and generated tokens, prefix-cache queries and hits (tokens), finished by reason."""
-        if not self._ready.is_set():
-            return {"running": 0, "queued": 0, "kv_cache_usage": 0.0, "prompt_tokens_total": 0,
-                    "generation_tokens_total": 0, "prefix_cache_queries_total": 0, "prefix_cache_hits_total": 0,
-                    "requests_finished_total": {}}
-        sched = self._scheduler
-        c = dict(sched.counters)
-        slots = sched.table.slots
-        return {
-            "running": len(sched.jobs),
-            "queued": len(sched.waiting),
-            "kv_cache_usage": sum(1 for s in slots if s.owner is not None) / len(slots),
-            "prompt_tokens_total": c.get("prompt_tokens", 0),
-            "generation_tokens_total": c.get("generation_tokens", 0),
-            "prefix_cache_queries_total": c.get("prefix_cache_queries", 0),
-            "prefix_cache_hits_total": c.get("prefix_cache_hits", 0),
-            "requests_finished_total": {k.removeprefix("finished_"): v for k, v in c.items() if k.startswith("finished_")},
-        }
-
-    def chat_template(self) -> str | None:
-        """The GGUF's own chat template (tokenizer.chat_template), if it has one."""
-        return self._require().info.chat_template
-
-    def special_tokens(self) -> dict[str, str]:
-        """Texts of the model's BOS and EOS tokens."""
-        info = self._require().info
-        return {"bos_token": info.bos_text, "eos_token": info.eos_text}
+        if not job.done.is_set():
+            raise EngineError("the scheduler did not finish the request")
+        result = build_result(job, self._model.pieces)
+        self.counters.succeeded(
+            n_prompt=result.n_prompt_tokens, n_cached=result.n_cached_tokens, n_generated=result.n_generated_tokens,
+            reasons=[c.finish_reason for c in result.completions], seconds=time.monotonic() - t0,
+        )
+        return result
 
 
-def _read_manifest(settings: Settings) -> dict[str, Any]:
-    """Key facts of the engine being served, from models/<name>/manifest.json beside the GGUF
-    (written by build_engine; its "engines" hold one entry per quant level)."""
-    path = settings.model_path.parent / "manifest.json"
-    if not path.is_file():
-        return {}
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        log.warning("could not read %s", path)
-        return {}
-    served = settings.model_path.resolve().name  # Docker serves model.gguf, a link to NAME-QUANT.gguf
-    engine = next((e for e in manifest.get("engines", {}).values() if e.get("file") == served), None)
-    if engine is None:
-        return {}
-    source = manifest.get("source", {})
-    return {
-        "name": manifest.get("name"),
-        "source": source.get("id"),
-        "revision": source.get("revision"),
-        "quant": engine.get("quant"),
-        "sha256": engine.get("sha256"),
-        "size_bytes": engine.get("size_bytes"),
-        "llama_cpp_python": manifest.get("versions", {}).get("llama-cpp-python"),
-        "llama_cpp_commit": manifest.get("converter", {}).get("llama_cpp_commit"),
-        "built_at": engine.get("built_at"),
-        "quality": manifest.get("quality", {}).get("rows", {}).get(engine.get("quant")),
-    }
+def _file_names_only(message: str, path) -> str:
+    """A load error without the server's directories: the model's path becomes its file name."""
+    for full in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+        message = message.replace(full, path.name)
+    for folder in sorted({str(path.parent), str(path.resolve().parent)}, key=len, reverse=True):
+        if folder not in (".", "/"):
+            message = message.replace(folder + "/", "")
+    return message

@@ -35,19 +35,38 @@ class TokenOutOfRange(EngineError):
         super().__init__(f"{field}[{index}] = {token} is not a token id: the vocabulary has ids 0..{n_vocab - 1}")
 
 
-class EmptyPrompt(EngineError):
-    """The prompt tokenizes to no token at all (422): there is nothing to condition on or score."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "the prompt tokenizes to zero tokens (it holds only characters the tokenizer drops, such as "
-            "some control characters): send at least one token of text"
-        )
-
-
 class RequestCancelled(EngineError):
     """The client went away; its sequences were freed (499, never seen by that client)."""
 
 
 class EngineOverloaded(EngineError):
     """The engine is shutting down or its queue is full (503)."""
+
+
+class QueueFull(EngineOverloaded):
+    """MAX_QUEUED requests already wait for the scheduler (503 with Retry-After)."""
+
+    def __init__(self, n_queued: int, retry_after_s: int) -> None:
+        self.n_queued, self.retry_after_s = n_queued, retry_after_s
+        super().__init__(
+            f"the server is at capacity: {n_queued} requests are already queued (MAX_QUEUED); "
+            f"retry in about {retry_after_s} s"
+        )
+
+
+class RequestTimedOut(EngineError):
+    """The request ran past REQUEST_TIMEOUT; it was cancelled and its sequences freed (504)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(f"the request did not finish within REQUEST_TIMEOUT={timeout_s:g} s and was cancelled")
+
+
+class EmptyPrompt(EngineError):
+    """The prompt tokenizes to no tokens at all: nothing to condition on or to score (422)."""
+
+    def __init__(self, n_chars: int) -> None:
+        super().__init__(
+            f"the prompt ({n_chars} characters) tokenizes to no tokens: this model's tokenizer drops "
+            "every character in it (control characters such as U+0016), so there is nothing to continue or score"
+        )

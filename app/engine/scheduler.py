@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 
 import numpy as np
 
@@ -37,7 +37,6 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.jobs: list[Job] = []  # admitted, not finished
         self.active: list[Seq] = []  # sequences with a token to decode
-        self.counters: Counter[str] = Counter()  # prompt/generation tokens, cache queries/hits, finishes
         self._cv = threading.Condition()
         self._stopping = False
         self.dead: str | None = None  # why the thread ended, if it ended by a bug
@@ -72,8 +71,8 @@ class Scheduler:
             "running": len(self.jobs),
             "queued": len(self.waiting),
             "generating_sequences": len(self.active),
-            "prefix_cache_entries": sum(1 for s in idle if s.tokens),
-            "prefix_cache_tokens": sum(len(s.tokens) for s in idle),
+            "prefix_cache_entries": sum(1 for s in idle if s.n_valid),
+            "prefix_cache_tokens": self.table.cached_tokens,
             "kv_slots_in_use": len(self.table.slots) - len(idle),
         }
 
@@ -163,7 +162,7 @@ class Scheduler:
             return True
         if self.settings.deterministic:
             for s in self.table.slots:
-                self.table.release(s, keep=0)
+                self.table.release(s, keep=False)
                 self.model.seq_rm(s.id)
         placed = self.table.place(job, echo_top_k=req.top_k_per_token if req.echo_prompt else 0)
         if placed is None:
@@ -187,8 +186,7 @@ class Scheduler:
             for i in range(1, n + 1):
                 job.records[i] = placed.source.records[i].truncated(req.top_k_per_token)
         job.n_past = job.n_cached = job.lead.n_past = n
-        self.table.computed(lead, job.prompt[:n], job.records)
-        self.counters.update(prompt_tokens=len(job.prompt), prefix_cache_queries=len(job.prompt), prefix_cache_hits=n)
+        self.table.computed(lead, job.prompt, n, job.records)
         return True
 
     def _compute_chunk(self, c: Chunk) -> None:
@@ -200,8 +198,7 @@ class Scheduler:
             c.want,
         )
         job.n_past = job.lead.n_past = c.end
-        chunk = self.settings.chunk_tokens
-        self.table.computed(self.table.slots[job.lead.slot], job.prompt[: c.end - c.end % chunk], job.records)
+        self.table.computed(self.table.slots[job.lead.slot], job.prompt, c.end, job.records)
         rows = c.rows
         last = len(job.prompt) - 1
         if job.req.echo_prompt:
@@ -255,7 +252,6 @@ class Scheduler:
         tok = choose_token(row, req.sampling, s.rng)
         if s in self.active:
             self.active.remove(s)
-        self.counters["generation_tokens"] += 1
         job.first_token = job.first_token or time.monotonic()
         if self.model.eog[tok]:
             return self._finish_seq(s, "eos")
@@ -305,7 +301,6 @@ class Scheduler:
 
     def _finished(self, job: Job) -> None:
         self._release(job, keep=True)
-        self.counters["finished_" + ((job.seqs[0].finish_reason if job.seqs else "") or "length")] += 1
         job.finish()
 
     def _fail(self, job: Job, error: BaseException) -> None:
@@ -315,7 +310,6 @@ class Scheduler:
             if job in self.waiting:
                 self.waiting.remove(job)
         self._release(job, keep=False)
-        self.counters["finished_" + ("abort" if isinstance(error, RequestCancelled) else "error")] += 1
         job.finish(error)
 
     def _release(self, job: Job, *, keep: bool) -> None:
@@ -323,8 +317,8 @@ class Scheduler:
         self.active = [s for s in self.active if s.job is not job]
         for slot in self.table.slots:
             if slot.owner is job:
-                self.table.release(slot, keep=len(slot.tokens) if keep and slot.lead else 0)
-                self.model.seq_rm(slot.id, len(slot.tokens), -1)  # the cells past the kept chunks
+                self.table.release(slot, keep=keep and slot.lead)
+                self.model.seq_rm(slot.id, slot.n_valid, -1)  # the cells past the kept chunks
         if job in self.jobs:
             self.jobs.remove(job)
 

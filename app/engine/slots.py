@@ -26,7 +26,8 @@ class Slot:
     """One KV stream: the reusable tokens it holds (positions 0..len-1) and who runs in it."""
 
     id: int
-    tokens: list[int] = field(default_factory=list)  # whole chunks of a prompt, computed canonically
+    tokens: list[int] = field(default_factory=list)  # the prompt whose KV this slot holds (a prefix of)
+    n_valid: int = 0  # positions 0..n_valid-1 hold KV of whole chunks of `tokens`, computed canonically
     records: list[Record | None] = field(default_factory=list)  # records[i] scores tokens[i] (echo)
     owner: Job | None = None  # the running job using this slot; None: idle (a cache entry if tokens)
     lead: bool = False  # runs its owner's first sample (the one that computes the prompt)
@@ -80,7 +81,7 @@ class SlotTable:
     @property
     def cached_tokens(self) -> int:
         """Tokens held by idle slots for reuse."""
-        return sum(len(s.tokens) for s in self.idle)
+        return sum(s.n_valid for s in self.idle)
 
     def reusable(self, prompt: Sequence[int], *, echo_top_k: int = 0) -> tuple[Slot | None, int]:
         """The slot whose reusable tokens share the longest whole-chunk prefix with `prompt`, and
@@ -91,7 +92,7 @@ class SlotTable:
         best, best_n = None, 0
         for s in self.slots:
             lcp = common_prefix(s.tokens, prompt)
-            n = min(lcp, len(prompt) - 1)
+            n = min(lcp, len(prompt) - 1, s.n_valid)
             if echo_top_k:
                 n = min(n, lcp - 1, s.scored_prefix(echo_top_k))
             n -= n % self.chunk
@@ -108,7 +109,7 @@ class SlotTable:
             if job is None or job.prefilled or not s.lead:
                 continue
             shared = min(common_prefix(job.prompt, prompt), len(prompt) - 1)
-            if shared - shared % self.chunk > len(s.tokens):
+            if shared - shared % self.chunk > s.n_valid:
                 return True
         return False
 
@@ -125,26 +126,26 @@ class SlotTable:
         if source is not None and source.owner is None:
             chosen.append(source)  # reuse in place: the lead runs in the slot that holds the prefix
         # Then empty slots, then the least recently used idle ones (their cached prefix is dropped).
-        rest = sorted((s for s in idle if s not in chosen), key=lambda s: (bool(s.tokens), s.last_used, s.id))
+        rest = sorted((s for s in idle if s not in chosen), key=lambda s: (s.n_valid > 0, s.last_used, s.id))
         chosen += rest[: n - len(chosen)]
         now = self._tick()
         for s in chosen:
             s.owner, s.lead = job, s is chosen[0]
             s.last_used = now
             if s is not source:
-                s.tokens, s.records = [], []
+                s.tokens, s.records, s.n_valid = [], [], 0
         if source is not None:
             source.last_used = now
         return Placement(slots=chosen, source=source, n_reused=n_reused)
 
-    def computed(self, slot: Slot, tokens: list[int], records: list[Record | None]) -> None:
-        """The lead's prompt has whole chunks up to len(tokens) in its KV: advertise them."""
-        slot.tokens, slot.records = tokens, records
+    def computed(self, slot: Slot, prompt: list[int], n_past: int, records: list[Record | None]) -> None:
+        """The lead has computed `prompt` up to n_past: advertise its whole chunks for reuse."""
+        slot.tokens, slot.records = prompt, records
+        slot.n_valid = n_past - n_past % self.chunk
 
-    def release(self, slot: Slot, *, keep: int) -> None:
-        """The slot's job ended: it keeps its first `keep` reusable tokens (0 empties it)."""
+    def release(self, slot: Slot, *, keep: bool) -> None:
+        """The slot's job ended: it keeps its whole chunks for reuse, or is emptied."""
         slot.owner, slot.lead = None, False
-        keep = min(keep, len(slot.tokens))
-        keep -= keep % self.chunk
-        slot.tokens, slot.records = slot.tokens[:keep], slot.records[:keep]
+        if not keep:
+            slot.tokens, slot.records, slot.n_valid = [], [], 0
         slot.last_used = self._tick()

@@ -106,3 +106,11 @@ def test_proxy_policy():
     # Health: the server's real route, 200 only when ready.
     assert "option httpchk GET /health" in lines and "http-check expect status 200" in lines
     assert int(re.search(r"timeout server (\d+)s", cfg).group(1)) >= 300, "long generations"
+
+
+def test_replicas_get_their_drain(compose):
+    from app import serve
+
+    need = Settings.from_env({}).drain_timeout + serve.EXIT_GRACE_S + serve.NGINX_STOP_S
+    for name, service in _replicas(compose).items():
+        assert int(service["stop_grace_period"].rstrip("s")) >= need, name

@@ -195,7 +195,7 @@ def test_port_is_the_images(container):
     (port,) = [p["containerPort"] for p in container["ports"]]
     assert runtime.one("EXPOSE").value.split() == [str(port)]
     cmd = runtime.one("CMD").exec_form
-    assert cmd[cmd.index("-b") + 1] == f"0.0.0.0:{port}"
+    assert cmd[cmd.index("--bind") + 1] == f"0.0.0.0:{port}"
     assert container["ports"][0]["name"] == "http"
 
 
@@ -247,11 +247,15 @@ def test_drain_timeout_is_a_server_setting(container):
 
 
 def test_grace_period_covers_prestop_and_drain(server_pod, container):
+    from app import serve
+
     drain = int(_env(container)["DRAIN_TIMEOUT"])
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     grace = server_pod["spec"]["terminationGracePeriodSeconds"]
-    # SIGTERM comes after preStop; then the drain; then the worker exits and frees the GPU.
-    assert grace >= pre_stop + drain + 5, f"grace {grace} s < preStop {pre_stop} + drain {drain} + 5"
-    assert grace <= pre_stop + drain + 60, "a hung pod would hold its GPU for minutes"
+    # SIGTERM comes after preStop; then the drain, then what app.serve allows gunicorn to exit and
+    # nginx to send its last answers; only then may the kubelet kill.
+    need = pre_stop + drain + serve.EXIT_GRACE_S + serve.NGINX_STOP_S
+    assert grace >= need, f"grace {grace} s < preStop {pre_stop} + drain {drain} + exit {need - pre_stop - drain}"
+    assert grace <= need + 30, "a hung pod would hold its GPU for minutes"
     epp_grace = _one("Deployment", "llm-eval-epp")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert epp_grace >= grace

@@ -337,7 +337,7 @@ def runtime_server(image_venv: ImageVenv, image_root: Path):
 @pytest.mark.server
 def test_runtime_cmd_serves_health_and_process(runtime_server) -> None:
     base, image, _, proc = runtime_server
-    assert image.cmd[0] == "gunicorn" and shutil.which("gunicorn", path=image.env["PATH"]) == image.host("/opt/venv/bin/gunicorn")
+    assert image.cmd[0] == "python" and shutil.which("python", path=image.env["PATH"]) == image.host("/opt/venv/bin/python")
     health = requests.get(f"{base}/health", timeout=10)
     assert health.status_code == 200
     # The challenge harness's own first request: a prompt and nothing else.

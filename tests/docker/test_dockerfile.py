@@ -1,7 +1,7 @@
 """Static checks of the Dockerfile and .dockerignore (ring 1: no Docker engine, no network).
 
 The Dockerfile is parsed with dockerfile-parse; the checks hold it to what CI runs here: the same
-scripts under docker/, the same requirements, the same gunicorn config and the real /health route.
+scripts under docker/, the same requirements, the same serve entry and gunicorn config, and the real /health route.
 """
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ def test_build_engine_flags_exist_in_its_cli() -> None:
 # ---- secrets
 
 
-# "TOKENS" (a count, as KV_CACHE_TOKENS) is not a secret; "HF_TOKEN" is.
+# "TOKENS" (a count, as CHUNK_TOKENS) is not a secret; "HF_TOKEN" is.
 SECRET_NAME = re.compile(r"TOKEN(?!S\b)|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.I)
 SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}|\bsk-[A-Za-z0-9]{20,}")
 
@@ -285,20 +285,40 @@ def gunicorn_settings() -> dict:
     return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
 
 
-def test_cmd_runs_gunicorn_with_the_repo_config_on_port_80(runtime: Stage) -> None:
+def test_cmd_runs_the_serve_entry_on_port_80(runtime: Stage) -> None:
     argv = runtime.one("CMD").exec_form
-    assert argv[0] == "gunicorn"
-    assert argv[argv.index("-c") + 1] == "gunicorn.conf.py"
-    assert argv[argv.index("-b") + 1] == "0.0.0.0:80"
-    assert argv[-1] == "wsgi:app"
-    assert set(argv) <= {"gunicorn", "-c", "gunicorn.conf.py", "-b", "0.0.0.0:80", "wsgi:app"}, (
-        "settings belong in gunicorn.conf.py, not on the command line"
+    # What scripts/serve.sh runs: nginx on the port, gunicorn with gunicorn.conf.py behind it.
+    assert argv == ["python", "-m", "app.serve", "--bind", "0.0.0.0:80"], (
+        "settings belong in gunicorn.conf.py and app/config.py, not on the command line"
     )
+    assert "-m app.serve --bind" in (ROOT / "scripts" / "serve.sh").read_text()
+    serve = (ROOT / "app" / "serve.py").read_text()
+    assert '"-c", "gunicorn.conf.py"' in serve and '"wsgi:app"' in serve
     assert runtime.all("WORKDIR")[-1].value == "/app"
     assert runtime.one("EXPOSE").value.split() == ["80"]
     settings = gunicorn_settings()
     assert settings["workers"] == 1, "one process owns the model on the GPU"
     assert settings["preload_app"] is False, "CUDA contexts do not survive fork()"
+    assert settings["control_socket_disable"] is True, "gunicornc could add workers, each loading the model"
+
+
+def test_stop_signal_drains_within_the_documented_docker_stop_time(runtime: Stage) -> None:
+    from app.config import Settings
+    from app.serve import EXIT_GRACE_S
+
+    assert runtime.one("STOPSIGNAL").value.strip() == "SIGTERM"
+    assert gunicorn_settings()["graceful_timeout"] == Settings().drain_timeout
+    needed = Settings().drain_timeout + EXIT_GRACE_S
+    for text in ((ROOT / "README.md").read_text(), (ROOT / "Dockerfile").read_text()):
+        times = [int(t) for t in re.findall(r"docker stop --time (\d+)", text)]
+        assert times and all(t >= needed for t in times), f"docker stop --time {times} < DRAIN_TIMEOUT + {EXIT_GRACE_S}"
+
+
+def test_runtime_installs_nginx(df: Dockerfile) -> None:
+    for backend in BACKENDS:
+        out = subprocess.run(["bash", str(ROOT / "docker" / "system-packages.sh"), "runtime", "--print"],
+                             env={"BACKEND": backend, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True)
+        assert "nginx" in out.stdout.split(), backend
 
 
 def test_runtime_env_offloads_every_layer(runtime: Stage) -> None:
@@ -321,7 +341,7 @@ def test_healthcheck_calls_the_health_route_on_the_cmd_port(runtime: Stage) -> N
     url = argv[2]
     m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)(/\S*)", url)
     assert m, url
-    bind = runtime.one("CMD").exec_form[runtime.one("CMD").exec_form.index("-b") + 1]
+    bind = runtime.one("CMD").exec_form[runtime.one("CMD").exec_form.index("--bind") + 1]
     assert m.group(1) == bind.rsplit(":", 1)[1], f"HEALTHCHECK port {m.group(1)} is not the bound port ({bind})"
     assert m.group(2) == "/health"
     assert "/health" in app_routes(), "the app has no /health route"

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from app.engine import GenerationRequest
 from app.engine.errors import ContextLengthExceeded, TokenOutOfRange
 from app.engine.sampling import SamplingParams
-from tests.engine.noise import NOISE_MAX, NOISE_MEAN, agree_unless_near_tie
 
 pytestmark = pytest.mark.engine
 
@@ -43,8 +42,8 @@ def _reference(model_path, flash_attn):
 @pytest.fixture(scope="module")
 def reference(model_path):
     """llama-cpp-python's own high-level Llama (its own context and batch code), fed one token per
-    llama_decode, with flash attention as our engine runs it on this CPU (FLASH_ATTN=auto)."""
-    llm = _reference(model_path, True)
+    llama_decode, without flash attention, as our engine runs on a CPU (FLASH_ATTN=auto)."""
+    llm = _reference(model_path, False)
     yield llm
     llm.close()
 
@@ -79,21 +78,24 @@ def _echo_vs(engine, llm):
 
 def test_echo_logprobs_match_an_independent_reference(engine, reference):
     d = _echo_vs(engine, reference)
-    print(f"echo vs token-by-token reference (flash attn): mean {d.mean():.2e} max {d.max():.2e} over {len(d)} tokens")
-    # Measured: 0.0 exactly. With flash attention, llama.cpp's CPU prefill and one-token decode
-    # compute each position identically, so any misalignment or off-by-one would show at once.
-    assert d.max() < 1e-4
+    print(f"echo vs token-by-token reference: mean {d.mean():.2e} max {d.max():.2e} over {len(d)} tokens")
+    # Our prompt chunks vs one token per decode, both without flash attention. llama.cpp computes
+    # attention scores for a many-row chunk and a one-row step with different f16 kernels (GEMM vs
+    # vec_dot), and 8-bit activation quantization can turn that last bit into a visible step:
+    # measured mean 0.008, max 0.20 nats over 52 tokens, most tokens within 1e-6. Any misalignment
+    # or off-by-one would cost nats on most tokens.
+    assert np.median(d) < 1e-5 and d.mean() < 0.03 and d.max() < 0.6
 
 
-def test_echo_logprobs_against_the_non_flash_attention_path(engine, model_path):
-    llm = _reference(model_path, False)
+def test_echo_logprobs_against_the_flash_attention_path(engine, model_path):
+    llm = _reference(model_path, True)
     try:
         d = _echo_vs(engine, llm)
     finally:
         llm.close()
-    print(f"echo vs reference without flash attn: mean {d.mean():.4f} max {d.max():.4f} over {len(d)} tokens")
-    # Another attention kernel (f16 KQ softmax) on a 4-bit model: measured mean 0.06, max 0.31 nats.
-    # A misaligned position would be off by several nats on most tokens.
+    print(f"echo vs reference with flash attn: mean {d.mean():.4f} max {d.max():.4f} over {len(d)} tokens")
+    # Another attention kernel (flash attention's f16 online softmax) on a 4-bit model: measured
+    # mean 0.06, max 0.41 nats. A misaligned position would be off by several nats on most tokens.
     assert d.mean() < 0.15 and d.max() < 1.0
 
 
@@ -119,11 +121,11 @@ def test_generated_logprobs_agree_with_echo_scoring(engine):
     d = np.concatenate(diffs)
     print(f"generated vs echo-scored logprobs: mean {d.mean():.2e} max {d.max():.2e} "
           f"nonzero {np.count_nonzero(d > 1e-6)}/{len(d)}")
-    # In one sequence, prefill and decode agree exactly (the reference test). Here the two requests'
-    # cells sit at other places in the shared KV cache, next to other sequences' cells, and the
-    # flash-attention kernel accumulates in f16 in another order: measured mean 0.002-0.005 nats,
-    # max 0.09, most tokens exactly equal. A misalignment would cost nats on most tokens.
-    assert d.mean() < 0.02 and d.max() < 0.5
+    # A generated token is computed in a one-row decode step, the same token scored with echo in a
+    # prompt chunk: llama.cpp's attention uses other f16 kernels for the two shapes (see the
+    # reference test), amplified by 8-bit activation quantization. Measured mean 0.027, max 0.19
+    # nats, 18 of 137 tokens exactly equal. A misalignment would cost nats on most tokens.
+    assert d.mean() < 0.06 and d.max() < 0.6
 
 
 def test_top_logprob_has_k_entries_and_contains_the_greedy_choice(engine):
@@ -239,16 +241,8 @@ def test_deterministic_mode_is_identical_under_load(deterministic_engine):
         assert [t.logprob for t in x.tokens] == [t.logprob for t in y.tokens]
 
 
-def test_batched_mode_diverges_only_by_kernel_noise(engine):
-    # llama.cpp's CPU kernels are not batch-invariant (tests/engine/noise.py says why): batched
-    # results carry the same noise as prefix reuse. Greedy texts may part only at near-ties; sampled
-    # ones may part wherever the noise moves a draw across a boundary. Measured: 2-6 of 16 differ.
+def test_batched_mode_is_identical_to_one_by_one(engine):
     a, b = _sequential_and_concurrent(engine)
-    d, diverged = [], 0
-    for r, x, y in zip(MIXED, a, b):
-        diverged += x.text != y.text
-        if "sampling" in r:
-            continue
-        d += agree_unless_near_tie(y, x)
-    print(f"batched vs one-by-one: {diverged}/16 texts differ; logprobs mean {np.mean(d):.4f} max {max(d):.4f}")
-    assert len(d) > 60 and np.mean(d) < NOISE_MEAN and max(d) < NOISE_MAX
+    for x, y in zip(a, b):
+        assert x.text == y.text
+        assert [(t.logprob, t.top_logprob) for t in x.tokens] == [(t.logprob, t.top_logprob) for t in y.tokens]

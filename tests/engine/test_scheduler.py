@@ -1,16 +1,13 @@
 """Ring 2: the scheduler under load: prefix reuse, fairness, disconnects, failures in a batch."""
 import concurrent.futures as cf
-import threading
-import time
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from app.engine import Engine, GenerationRequest
-from app.engine.errors import EngineError, RequestCancelled
+from app.engine.errors import EmptyPrompt, EngineError, RequestCancelled
 from app.engine.sampling import SamplingParams
-from tests.engine.noise import NOISE_MAX, NOISE_MEAN, agree_unless_near_tie
+from app.engine.types import StreamPiece
 
 pytestmark = pytest.mark.engine
 GREEDY = SamplingParams(temperature=1e-7)
@@ -30,37 +27,32 @@ def run(engine, prompt, **kw):
 
 @pytest.fixture(scope="module")
 def no_cache_engine(engine_settings):
-    eng = Engine(replace(engine_settings, prefix_cache_tokens=0)).start(background=False)
+    eng = Engine(replace(engine_settings, prefix_reuse=False)).start(background=False)
     yield eng
     eng.close()
 
 
-def test_prefix_reuse_changes_no_output(engine, no_cache_engine):
+def answer(r):
+    return [(c.text, [(t.text, t.logprob, t.top_logprob) for t in c.tokens]) for c in r.completions]
+
+
+def test_prefix_reuse_changes_no_bit(engine, no_cache_engine):
     assert len(engine.tokenize(QUESTIONS[0])) > 300
     with_cache, without = [], []
     for q in QUESTIONS:
         for eng, out in ((engine, with_cache), (no_cache_engine, without)):
             out.append(run(eng, q, max_new_tokens=3, top_k_per_token=3))
-    assert with_cache[-1].n_cached_tokens > 300  # the shared few-shot prefix came from the cache
+    assert with_cache[-1].n_cached_tokens >= 256  # whole chunks of the shared few-shot prefix
     assert all(r.n_cached_tokens == 0 for r in without)
-    d = [x for a, b in zip(with_cache, without) for x in agree_unless_near_tie(a.completions[0], b.completions[0])]
-    print(f"prefix reuse on vs off: logprob difference mean {np.mean(d):.4f} max {max(d):.4f} over {len(d)} tokens")
-    assert len(d) >= 6 and np.mean(d) < NOISE_MEAN and max(d) < NOISE_MAX
+    assert [answer(r) for r in with_cache] == [answer(r) for r in without]
 
 
-def test_echo_scoring_reuses_scored_prefixes(engine, no_cache_engine):
+def test_echo_scoring_reuses_scored_prefixes_exactly(engine, no_cache_engine):
     a = run(engine, QUESTIONS[1], max_new_tokens=0, echo_prompt=True, top_k_per_token=2)
     b = run(engine, QUESTIONS[2], max_new_tokens=0, echo_prompt=True, top_k_per_token=2)
     ref = run(no_cache_engine, QUESTIONS[2], max_new_tokens=0, echo_prompt=True, top_k_per_token=2)
-    assert b.n_cached_tokens > 300
-    got = np.array([t.logprob for t in b.completions[0].tokens])
-    want = np.array([t.logprob for t in ref.completions[0].tokens])
-    assert len(got) == len(want)
-    # The prefix's logprobs are records kept from earlier requests (exact only if those computed it
-    # in the same cells and chunks as a fresh run would), the suffix is recomputed: noise in both.
-    d = np.abs(got - want)
-    print(f"echo with a reused prefix vs without: mean {d.mean():.4f} max {d.max():.4f} over {len(d)} tokens")
-    assert d.mean() < NOISE_MEAN and d.max() < NOISE_MAX
+    assert b.n_cached_tokens >= 256
+    assert answer(b) == answer(ref)  # stored records equal recomputed ones, bit for bit
     assert a.completions[0].text == QUESTIONS[1]
 
 
@@ -69,33 +61,47 @@ def test_concurrent_requests_share_a_prefix_being_computed(engine):
     with cf.ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda p: run(engine, "Fresh prefix. " + p, max_new_tokens=1), prompts))
     cached = sorted(r.n_cached_tokens for r in results)
-    assert cached[0] == 0 and cached[-1] > 300, cached  # the first computes, the others share
+    assert cached[0] == 0 and cached[1] >= 256, cached  # the first computes, the others share its whole chunks
 
 
 def test_long_generation_does_not_starve_short_requests(engine):
-    done = {}
-
-    def long():
-        r = run(engine, "Count from 1 to 1000: 1, 2, 3, 4, 5,", max_new_tokens=300)
-        done["long"] = time.monotonic()
-        done["n_long"] = len(r.completions[0].tokens)
-
-    t = threading.Thread(target=long)
-    t.start()
-    time.sleep(0.3)
-    run(engine, "Hi", max_new_tokens=2)
-    done["short"] = time.monotonic()
-    t.join()
-    assert done["n_long"] == 300 and done["short"] < done["long"]
+    long = engine.stream(GenerationRequest(prompt="Count from 1 to 1000: 1, 2, 3, 4, 5,", max_new_tokens=300,
+                                           sampling=GREEDY))
+    assert isinstance(next(long), StreamPiece)  # the long one is generating
+    short = run(engine, "Hi", max_new_tokens=2)
+    assert short.completions[0].tokens
+    pieces = sum(1 for x in long if isinstance(x, StreamPiece))
+    assert pieces >= 250  # the long one was still going when the short one finished
 
 
-def test_disconnected_client_frees_its_sequences(engine):
-    t0 = time.monotonic()
+def test_disconnected_client_frees_its_slots(engine):
     with pytest.raises(RequestCancelled):
         engine.generate(GenerationRequest(prompt="Count to a thousand:", max_new_tokens=1500, sampling=GREEDY),
-                        is_disconnected=lambda: time.monotonic() - t0 > 0.3)
-    assert time.monotonic() - t0 < 5
-    assert engine.info()["running"] == 0
+                        is_disconnected=lambda: engine.info()["generating_sequences"] > 0)
+    info = engine.info()
+    assert info["running"] == 0 and info["kv_slots_in_use"] == 0
+
+
+def test_closing_a_stream_early_cancels_the_request(engine):
+    it = engine.stream(GenerationRequest(prompt="Count to a thousand:", max_new_tokens=1500, sampling=GREEDY))
+    next(it)
+    it.close()
+    sched = engine._scheduler
+    for _ in range(200):  # the scheduler drops it at its next step
+        if sched.load()["running"] == 0:
+            break
+        sched._cv.acquire()
+        sched._cv.wait(0.05)
+        sched._cv.release()
+    assert engine.info()["kv_slots_in_use"] == 0
+
+
+def test_zero_token_prompt_is_refused(engine):
+    assert engine.tokenize("\u0016") == []
+    for echo in (False, True):
+        with pytest.raises(EmptyPrompt):
+            run(engine, "\u0016", max_new_tokens=0 if echo else 5, echo_prompt=echo)
+    assert run(engine, "Still working?", max_new_tokens=2).completions[0].tokens
 
 
 def test_a_failing_request_does_not_poison_the_batch(engine, monkeypatch):
@@ -119,20 +125,3 @@ def test_a_failing_request_does_not_poison_the_batch(engine, monkeypatch):
             assert f.result().completions[0].tokens
     monkeypatch.undo()
     assert run(engine, "Still working?", max_new_tokens=2).completions[0].tokens
-
-
-def test_entries_of_an_ended_scenario_are_dropped(engine_settings):
-    # N_PARALLEL 2: an entry nobody shares for 4 admissions is dropped (STALE_AFTER_ADMISSIONS).
-    eng = Engine(replace(engine_settings, n_parallel=2, max_num_samples=2)).start(background=False)
-    try:
-        run(eng, QUESTIONS[0], max_new_tokens=1)
-        for q in QUESTIONS[1:4]:  # the scenario runs: its prefix stays
-            assert run(eng, q, max_new_tokens=1).n_cached_tokens > 300
-        for i in range(4):  # another scenario, sharing only a short head ("Question: ")
-            run(eng, f"Question: tell me story number {i}.", max_new_tokens=1)
-        assert run(eng, QUESTIONS[4], max_new_tokens=1).n_cached_tokens > 300  # 4 admissions: kept
-        for i in range(5):
-            run(eng, f"Question: tell me story number {i + 10}.", max_new_tokens=1)
-        assert run(eng, QUESTIONS[5], max_new_tokens=1).n_cached_tokens < 32  # 5: dropped
-    finally:
-        eng.close()

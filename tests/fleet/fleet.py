@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 
 from tests.fleet.haproxy import HAProxy, render
-from tests.server.conftest import Server, free_port
+from tests.server.conftest import Server, children, free_port
 
 # One llama.cpp thread per replica: three replicas share this machine's two cores. 4 running + 4
 # cached prompts of up to 1024 tokens each: 8 KV streams, 180 MiB per replica for SmolLM2.
@@ -22,6 +22,16 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (/proc/PID/stat fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (app.serve: nginx master and workers, gunicorn and its worker)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
+    return out
 
 
 class Replica:
@@ -52,19 +62,23 @@ class Replica:
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not healthy after {timeout} s")
 
-    def worker_pid(self) -> int:
-        """The gunicorn worker: the process that owns the model."""
-        proc = self.server.proc
-        return int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+    def pids(self) -> list[int]:
+        """Every process of the replica: app.serve, nginx, gunicorn, the worker that owns the model."""
+        return process_tree(self.server.proc.pid)
+
+    def cpu(self) -> float:
+        """CPU seconds the whole replica has used (nginx and gunicorn included)."""
+        return sum(cpu_seconds(p) for p in self.pids())
 
     def kill(self) -> None:
-        """SIGKILL the gunicorn arbiter and its worker at once: a crash, no drain."""
-        proc = self.server.proc
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        os.kill(proc.pid, signal.SIGKILL)
-        for pid in children:
-            os.kill(int(pid), signal.SIGKILL)
-        proc.wait()
+        """SIGKILL every process of the replica at once: a crash, no drain."""
+        pids = self.pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        self.server.proc.wait()
+        for pid in pids[1:]:  # grandchildren are reaped by init; wait until they are gone
+            while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]:
+                time.sleep(0.01)
         self.server.log.close()
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ import collections
 import pytest
 import requests
 
-from tests.fleet.fleet import Fleet, answer, cpu_seconds, run_load
+from tests.fleet.fleet import Fleet, answer, run_load
 from tests.fleet.loads import helm_body, mmlu_prompts
 
 pytestmark = [pytest.mark.fleet, pytest.mark.server, pytest.mark.slow]
@@ -38,10 +38,9 @@ def _run(model_path, log_dir, *, affinity: bool) -> dict:
     """The MMLU load through three fresh replicas; what it measured."""
     bodies = [helm_body(p, max_new_tokens=1, stop=()) for _, p in MMLU]
     with Fleet(model_path, log_dir, affinity=affinity) as f:
-        workers = [r.worker_pid() for r in f.replicas.values()]
-        cpu0 = sum(cpu_seconds(w) for w in workers)
+        cpu0 = sum(r.cpu() for r in f.replicas.values())
         wall, results = run_load(f.proxy.url, bodies, 8)
-        cpu = sum(cpu_seconds(w) for w in workers) - cpu0  # the fleet's work, less noisy than wall time
+        cpu = sum(r.cpu() for r in f.replicas.values()) - cpu0  # the fleet's work, less noisy than wall time
         metrics = {name: _metrics(r.url) for name, r in f.replicas.items()}
     prompt = sum(b.get("prompt_tokens", 0) for _, b, _ in results)
     cached = sum(b.get("cached_tokens", 0) for _, b, _ in results)

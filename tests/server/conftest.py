@@ -1,4 +1,5 @@
-"""Ring 3 fixtures: gunicorn started for real, with the project's gunicorn.conf.py, on a free port."""
+"""Ring 3 fixtures: the server started for real as deployed (`python -m app.serve`: nginx in front of
+gunicorn with the project's gunicorn.conf.py), on a free port."""
 from __future__ import annotations
 
 import os
@@ -21,21 +22,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children(pid: int) -> list[int]:
+    """Child process ids of pid (Linux /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(c) for c in text]
+    return out
+
+
 class Server:
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
         self.port = port or free_port()  # a given port: a replica restarted where its proxy expects it
         self.url = f"http://127.0.0.1:{self.port}"
-        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self.log_path = log_path
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [str(gunicorn), "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
+            [sys.executable, "-m", "app.serve", "--bind", f"127.0.0.1:{self.port}"],
             cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
         )
+
+    def gunicorn_pid(self) -> int:
+        """The gunicorn master, a child of app.serve."""
+        pids = [c for c in children(self.proc.pid) if b"gunicorn" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(pids) == 1, f"gunicorn masters under {self.proc.pid}: {pids}"
+        return pids[0]
+
+    def worker_pid(self) -> int:
+        """gunicorn's one worker process (the one that holds the model)."""
+        pids = children(self.gunicorn_pid())
+        assert len(pids) == 1, f"gunicorn workers: {pids}"
+        return pids[0]
 
     def wait_healthy(self, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"gunicorn exited with {self.proc.returncode}"
+            assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}"
             try:
                 r = requests.get(self.url + "/health", timeout=2)
                 if r.status_code == 200:
@@ -46,11 +68,13 @@ class Server:
         raise TimeoutError("server not healthy in time")
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.log.close()
 
 

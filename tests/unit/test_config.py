@@ -8,7 +8,8 @@ from app.config import DEFAULT_MODEL_PATH, Settings
 
 def test_defaults_serve_the_default_model():
     s = Settings.from_env({})
-    assert s.model_path == DEFAULT_MODEL_PATH and s.n_gpu_layers == -1 and s.kv_cells == 2 * s.n_ctx
+    assert s.model_path == DEFAULT_MODEL_PATH and s.n_gpu_layers == -1
+    assert s.n_slots == 2 * s.n_parallel and s.kv_cells == s.n_slots * s.n_ctx  # 4096: a multiple of 256
 
 
 def test_environment_then_overrides():
@@ -21,6 +22,9 @@ def test_environment_then_overrides():
 @pytest.mark.parametrize("env, message", [({"N_CTX": "lots"}, "N_CTX"), ({"N_CTX": "4"}, "N_CTX"),
                                           ({"FLASH_ATTN": "maybe"}, "FLASH_ATTN"), ({"PARSE_SPECIAL": "2"}, "PARSE_SPECIAL"),
                                           ({"KV_CACHE_TOKENS": "100"}, "KV_CACHE_TOKENS"),
+                                          ({"PREFIX_CACHE_TOKENS": "0"}, "PREFIX_CACHE_SLOTS"),
+                                          ({"CHUNK_TOKENS": "30"}, "CHUNK_TOKENS"),
+                                          ({"CHUNK_TOKENS": "256", "N_BATCH": "128"}, "N_BATCH"),
                                           ({"N_PARALLEL": "2", "MAX_NUM_SAMPLES": "4"}, "MAX_NUM_SAMPLES")])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises((ValueError, AssertionError), match=message):
@@ -45,5 +49,32 @@ def test_multi_gpu_settings_parse():
     ({"MAIN_GPU": "2", "TENSOR_SPLIT": "1,1"}, "MAIN_GPU=2 is not one of the 2 GPUs"),
 ])
 def test_bad_multi_gpu_settings_name_the_variable(env, message):
+    with pytest.raises((ValueError, AssertionError), match=message):
+        Settings.from_env(env)
+
+
+def test_operations_defaults():
+    s = Settings.from_env({})
+    assert s.queue_limit == 4 * s.n_parallel and s.http_threads == s.n_parallel + s.queue_limit + 16
+    assert s.request_timeout == 600 and s.drain_timeout == 60 and s.api_key == "" and not s.metrics_require_key
+    assert Settings.from_env({"MAX_QUEUED": "0"}).queue_limit == 0
+
+
+def test_api_key_file_and_secrecy(tmp_path):
+    (tmp_path / "key").write_text("k3y-from-file\n")
+    s = Settings.from_env({"API_KEY_FILE": str(tmp_path / "key")})
+    assert s.api_key == "k3y-from-file" and "k3y" not in repr(s)
+    assert Settings.from_env({"API_KEY": "direct"}).api_key == "direct"
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ValueError, match="API_KEY_FILE.*empty"):
+        Settings.from_env({"API_KEY_FILE": str(tmp_path / "empty")})
+    with pytest.raises(ValueError, match="API_KEY_FILE.*cannot be read"):
+        Settings.from_env({"API_KEY_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("env, message", [({"LOG_FORMAT": "xml"}, "LOG_FORMAT"), ({"MAX_QUEUED": "-2"}, "MAX_QUEUED"),
+                                          ({"REQUEST_TIMEOUT": "-1"}, "REQUEST_TIMEOUT"),
+                                          ({"LARGE_BODY_CONCURRENCY": "0"}, "LARGE_BODY_CONCURRENCY")])
+def test_bad_operations_settings_name_the_variable(env, message):
     with pytest.raises((ValueError, AssertionError), match=message):
         Settings.from_env(env)

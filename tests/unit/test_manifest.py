@@ -2,7 +2,7 @@
 import json
 
 from app.config import Settings
-from app.engine.engine import _read_manifest
+from app.engine.manifest import read_manifest as _read_manifest
 
 
 def test_the_served_engine_is_picked_from_the_manifest(tmp_path):

@@ -103,7 +103,7 @@ def test_eviction_of_a_shared_source_does_not_touch_the_copy(make):
     assert got[1].n_cached_tokens == 8
     assert ("copy", (a.lead.slot, b.lead.slot)) in sched.model.calls  # copied from a running job
     a_slot = sched.table.slots[a.lead.slot]
-    assert a_slot.tokens != (P + [50])[:8]  # A's prefix was evicted
+    assert a_slot.tokens[:8] != (P + [50])[:8]  # A's prefix was evicted
     ref = run(make(prefix_reuse=False), job(P + [51], max_new=40))[0]
     assert tokens_of(got[1]) == tokens_of(ref)
     assert all_idle(sched)
@@ -163,7 +163,7 @@ def test_result_failure_is_the_requests_alone():
     assert job.done.wait(20)
     job.records[1] = None  # a lost record: the result cannot be built
     with pytest.raises(AssertionError):
-        eng._answer(job)
+        eng._answer(job, 0.0, False)
     assert eng.generate(GenerationRequest(prompt="a b", max_new_tokens=2, sampling=GREEDY)).completions[0].tokens
     eng.close()
 

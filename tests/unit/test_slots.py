@@ -23,33 +23,38 @@ def test_common_prefix():
 
 def test_reuse_is_floored_to_whole_chunks_and_spares_the_last_token():
     t = SlotTable(3, chunk=4)
-    t.slots[1].tokens = list(range(12))
+    t.slots[1].tokens, t.slots[1].n_valid = list(range(12)), 12
     assert t.reusable(list(range(12)))[1] == 8  # the last token is always recomputed
     assert t.reusable(list(range(13)))[1] == 12
     assert t.reusable(list(range(7)) + [99])[1] == 4
     assert t.reusable([99] + list(range(1, 12)))[1] == 0
+    t.slots[1].n_valid = 4  # only the first chunk's KV is valid (a prompt still being computed)
+    assert t.reusable(list(range(13)))[1] == 4
 
 
 def test_echo_needs_records_up_to_the_reused_length():
     t = SlotTable(2, chunk=4)
     s = t.slots[0]
-    s.tokens = list(range(12))
+    s.tokens, s.n_valid = list(range(12)), 12
     s.records = [None] + [rec(2)] * 11
     assert t.reusable(list(range(20)), echo_top_k=2)[1] == 8  # records 1..8 exist, lcp - 1 = 11
+    s.tokens, s.n_valid = list(range(14)), 8  # the record of position 8 scores tokens[8]: known
+    s.records = [None] + [rec(2)] * 13
+    assert t.reusable(list(range(20)), echo_top_k=2)[1] == 8
     assert t.reusable(list(range(20)), echo_top_k=3)[1] == 0  # too few alternatives stored
-    s.records = [None] + [rec(2)] * 5 + [None] * 6
+    s.records = [None] + [rec(2)] * 5 + [None] * 8
     assert t.reusable(list(range(20)), echo_top_k=1)[1] == 4
 
 
 def test_placement_reuses_in_place_then_takes_empty_then_least_recently_used():
     t = SlotTable(4, chunk=4)
-    t.slots[2].tokens, t.slots[2].last_used = list(range(8)), 5
-    t.slots[3].tokens, t.slots[3].last_used = [50, 51, 52, 53], 1
+    t.slots[2].tokens, t.slots[2].n_valid, t.slots[2].last_used = list(range(8)), 8, 5
+    t.slots[3].tokens, t.slots[3].n_valid, t.slots[3].last_used = [50, 51, 52, 53], 4, 1
     p = t.place(job(list(range(10)), n=2))
     assert [s.id for s in p.slots] == [2, 0] and p.source is t.slots[2] and p.n_reused == 8
     assert p.slots[0].lead and not p.slots[1].lead
     q = t.place(job([7, 7, 7, 7, 7], n=2))  # slot 1 is empty; slot 3 (a cache entry) is evicted
-    assert [s.id for s in q.slots] == [1, 3] and q.source is None and t.slots[3].tokens == []
+    assert [s.id for s in q.slots] == [1, 3] and q.source is None and t.slots[3].n_valid == 0
     assert t.place(job([1, 2])) is None  # nothing idle
 
 
@@ -57,9 +62,12 @@ def test_release_keeps_whole_chunks_of_the_lead():
     t = SlotTable(2, chunk=4)
     j = job(list(range(10)))
     p = t.place(j)
-    t.computed(p.slots[0], list(range(8)), [None] * 10)
-    t.release(p.slots[0], keep=7)
-    assert p.slots[0].owner is None and p.slots[0].tokens == list(range(4))
+    t.computed(p.slots[0], j.prompt, 7, [None] * 10)
+    t.release(p.slots[0], keep=True)
+    assert p.slots[0].owner is None and p.slots[0].n_valid == 4 and t.cached_tokens == 4
+    p = t.place(job([9, 9]))
+    t.release(p.slots[0], keep=False)
+    assert p.slots[0].n_valid == 0 and p.slots[0].tokens == []
 
 
 def test_worth_waiting_only_for_chunks_still_being_computed():
@@ -68,7 +76,7 @@ def test_worth_waiting_only_for_chunks_still_being_computed():
     p = t.place(a)
     a.seqs = [Seq(slot=p.slots[0].id, job=a, index=0, rng=np.random.default_rng(0))]
     assert t.worth_waiting(list(range(12)) + [99])
-    t.computed(p.slots[0], list(range(12)), [])
+    t.computed(p.slots[0], a.prompt, 12, [])
     a.n_past = 12
     assert not t.worth_waiting(list(range(12)) + [99])  # all it could share is computed
     assert not t.worth_waiting([5, 5, 5, 5, 5])
