@@ -34,6 +34,14 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 class Replica:
     """One server replica on a fixed port, so the proxy finds it again after a restart."""
 
@@ -76,8 +84,8 @@ class Replica:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         self.server.proc.wait()
-        for pid in pids[1:]:  # grandchildren are reaped by init; wait until they are gone
-            while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]:
+        for pid in pids[1:]:  # grandchildren are reaped by init: wait until each is gone or a zombie
+            while _alive(pid):
                 time.sleep(0.01)
         self.server.log.close()
 
