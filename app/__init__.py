@@ -40,7 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Loads in the background: the server answers (503 on /health) while the model loads.
     engine = factory(settings).start()
     app.extensions["engine"] = engine
-    metrics = Metrics(engine, settings.kv_cells)
+    metrics = Metrics(engine, settings.kv_cells, settings.chunk_tokens)
     app.extensions["metrics"] = metrics
     access_log.register(app, on_response=metrics.http_request)  # first: it times everything below
     auth.register(app, settings)

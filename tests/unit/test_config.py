@@ -31,6 +31,28 @@ def test_bad_settings_name_the_variable(env, message):
         Settings.from_env(env)
 
 
+def test_multi_gpu_settings_parse():
+    s = Settings.from_env({"SPLIT_MODE": "row", "TENSOR_SPLIT": "3, 1", "MAIN_GPU": "1"})
+    assert (s.split_mode, s.tensor_split, s.main_gpu) == ("row", (3.0, 1.0), 1)
+    d = Settings.from_env({})
+    assert (d.split_mode, d.tensor_split, d.main_gpu) == ("layer", (), 0)  # llama.cpp's own defaults
+    assert Settings.from_env({}, tensor_split=[1, 1]).tensor_split == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"SPLIT_MODE": "tensor"}, "SPLIT_MODE must be one of none/layer/row"),
+    ({"TENSOR_SPLIT": "3,x"}, "TENSOR_SPLIT='3,x' is not a valid comma-separated list of numbers"),
+    ({"TENSOR_SPLIT": "1,nan"}, "TENSOR_SPLIT"),
+    ({"TENSOR_SPLIT": "1,-1"}, "TENSOR_SPLIT must be non-negative"),
+    ({"TENSOR_SPLIT": "0,0"}, "positive sum"),
+    ({"MAIN_GPU": "-1"}, "MAIN_GPU must be a GPU index"),
+    ({"MAIN_GPU": "2", "TENSOR_SPLIT": "1,1"}, "MAIN_GPU=2 is not one of the 2 GPUs"),
+])
+def test_bad_multi_gpu_settings_name_the_variable(env, message):
+    with pytest.raises((ValueError, AssertionError), match=message):
+        Settings.from_env(env)
+
+
 def test_operations_defaults():
     s = Settings.from_env({})
     assert s.queue_limit == 4 * s.n_parallel and s.http_threads == s.n_parallel + s.queue_limit + 16
