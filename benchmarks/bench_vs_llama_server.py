@@ -143,10 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = args.rows.split(",")
     sizes = [int(x) for x in args.matrix.split(",")]
     results: dict[str, dict[str, float]] = {}
-    lower_is_better = set()
 
     def keep(key, got, lower=True):
-        (lower_is_better.add(key) if lower else None)
+        print(f"  {key}: " + ", ".join(f"{n} {v:.2f}" for n, v in got.items()), flush=True)  # progress
         for name, v in got.items():
             best = results.setdefault(key, {}).get(name)
             if best is None or (v < best if lower else v > best):
