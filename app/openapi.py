@@ -117,8 +117,13 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
         else:
             ok["content"] = content(r.response, "serialization")
-        if r.stream is not None:
-            ok["content"]["text/event-stream"] = {"schema": {"$ref": REF.format(model=add(r.stream, "serialization"))}}
+        if r.stream is not None:  # each server-sent event: `data:` a JSON chunk, or "[DONE]" last
+            chunk = {"$ref": REF.format(model=add(r.stream, "serialization"))}
+            data = {"type": "string", "contentMediaType": "application/json", "contentSchema": chunk,
+                    "description": "A JSON-encoded chunk, or [DONE] at the end"}
+            ok["content"]["text/event-stream"] = {"schema": {
+                "type": "object", "required": ["data"],
+                "properties": {"data": data, "event": {"type": "string"}, "id": {"type": "string"}}}}
         op["responses"] = {"200": ok}
         if r.response is schemas.HealthResponse:
             op["responses"]["503"] = {"description": "Model loading, failed to load, or server draining",

