@@ -142,27 +142,9 @@ class LlamaModel:
             raise EngineError(f"tokenizer needs {-n} slots for a {len(data)}-byte text")
         return list(out[:n])
 
-    def token_text(self, token: int) -> str:
-        """The vocabulary's own text of a token, special tokens included ("<|im_end|>")."""
-        raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
-        return raw.decode("utf-8", errors="replace") if raw else ""
-
-    def special_token_ids(self) -> dict[str, int | None]:
-        """BOS and EOS ids (None where the vocabulary has none)."""
-        ids = {"bos": llama_cpp.llama_vocab_bos(self.vocab), "eos": llama_cpp.llama_vocab_eos(self.vocab)}
-        return {k: int(v) if 0 <= v < self.n_vocab else None for k, v in ids.items()}
-
-    def chat_template(self) -> str | None:
-        """The GGUF's tokenizer.chat_template (a Jinja template of several KB), None if it has none."""
-        raw = llama_cpp.llama_model_chat_template(self.model, None)
-        return raw.decode("utf-8", errors="replace") if raw else None
-
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(512)
         n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
-        if n >= len(buf):  # longer than the buffer (a chat template): n is the length needed
-            buf = ctypes.create_string_buffer(n + 1)
-            n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
 
     def _describe(self, path: Path) -> ModelInfo:
@@ -181,7 +163,7 @@ class LlamaModel:
             bos=int(llama_cpp.llama_vocab_bos(self.vocab)),
             gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
             kv_bytes_per_cell=self._kv_bytes_per_cell(),
-            chat_template=self._meta("tokenizer.chat_template"),
+            chat_template=self._chat_template(),
             bos_text=self._token_text(llama_cpp.llama_vocab_bos(self.vocab)),
             eos_text=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
         )
@@ -194,6 +176,11 @@ class LlamaModel:
         v_dim = int(self._meta(f"{arch}.attention.value_length") or head_dim)
         # (K + V head sizes) x layers x KV heads x 2 bytes (f16)
         return (k_dim + v_dim) * llama_cpp.llama_model_n_layer(m) * llama_cpp.llama_model_n_head_kv(m) * 2
+
+    def _chat_template(self) -> str | None:
+        """The GGUF's tokenizer.chat_template (a Jinja template of several KB), None if it has none."""
+        raw = llama_cpp.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
 
     def _token_text(self, token: int) -> str:
         """A token's own text, special tokens included ("<|endoftext|>"), "" for no token."""
