@@ -57,13 +57,19 @@ def _sse(events) -> Response:
     return Response(events, mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@bp.post("/v1/completions")
-def completions():
-    """Complete (or score, with echo) one prompt or a batch of them, as vLLM's /v1/completions."""
-    body = _parse(s.CompletionRequest)
+def _checked(model):
+    """Parse a body, refuse fields we do not support and an unknown model; (body, names, /health info)."""
+    body = _parse(model)
     m.check_extra(body.model_extra)
     names, info = _served()
     m.check_model(body.model, names)
+    return body, names, info
+
+
+@bp.post("/v1/completions")
+def completions():
+    """Complete (or score, with echo) one prompt or a batch of them, as vLLM's /v1/completions."""
+    body, names, info = _checked(s.CompletionRequest)
     prompts = m.prompts_of(body, info["n_vocab"])
     reqs = m.completion_requests(body, prompts, _settings(), _engine().decode)
     # Where the model adds BOS to a text prompt, echo hides it and the first shown token has context.
@@ -87,10 +93,7 @@ def completions():
 @bp.post("/v1/chat/completions")
 def chat_completions():
     """Answer a conversation, rendered with the model's own chat template."""
-    body = _parse(s.ChatCompletionRequest)
-    m.check_extra(body.model_extra)
-    names, _ = _served()
-    m.check_model(body.model, names)
+    body, names, _ = _checked(s.ChatCompletionRequest)
     engine = _engine()
     template = engine.chat_template()
     if not template:
