@@ -46,8 +46,9 @@ class Settings:
     n_threads: int = 0
     # N_GPU_LAYERS: layers offloaded to the GPU; -1 means all (ignored without a GPU build).
     n_gpu_layers: int = -1
-    # FLASH_ATTN: "auto" (off on a CPU-only build, where its kernels depend on the batch; llama.cpp's
-    # choice with a GPU), "on" or "off".
+    # FLASH_ATTN: "auto" (on with a CPU-only build, where the scheduler keeps it batch-invariant;
+    # llama.cpp's choice with a GPU), "on" or "off" (the plain attention path: slower for short
+    # sequences, and its groups need no lone decoding past 256 cells).
     flash_attn: str = "auto"
     # SPLIT_MODE: how a model is spread over several visible GPUs (CUDA_VISIBLE_DEVICES):
     # "none" keeps weights and KV cache on MAIN_GPU; "layer" (llama.cpp's default) gives each GPU

@@ -39,6 +39,12 @@ def requests() -> list[dict]:
               "List three fruits:\n1."]:
         out.append({"prompt": p, "max_new_tokens": 24, "stop_sequences": ["\n\n", "4."], "top_k_per_token": 5,
                     **greedy})
+    # Generation past 256 KV cells, where a lone decode row and a row in a group take different
+    # attention kernels (the scheduler decodes such sequences alone): one starts past it, one
+    # crosses it while generating.
+    for s, n in (("chemistry", 6), ("astronomy", 4)):
+        out.append({"prompt": _shots(s, n) + "Explain the rule in one sentence:", "max_new_tokens": 32,
+                    "top_k_per_token": 5, **greedy})
     out.append({"prompt": _shots("law", 3) + "Summarise the rule:", "max_new_tokens": 16, "num_return_sequences": 3,
                 "temperature": 0.9, "top_p": 0.95, "seed": 11, "top_k_per_token": 5})
     out.append({"prompt": "The mitochondria is", "max_new_tokens": 12, "num_return_sequences": 3, "temperature": 1.0,

@@ -55,10 +55,11 @@ class LlamaModel:
     """Owns one llama.cpp model and one context with n_slots sequences, each in its own KV stream.
 
     kv_unified=false gives every sequence id a stream of N_CTX cells (rounded up to 256) that only
-    it uses: attention reads that stream alone, its cells in position order. Flash attention is off
-    unless asked for: its CPU kernel picks a split-KV path for a lone query token over 512 or more
-    cells and a different path inside a multi-stream step, so its result would depend on what else
-    is decoded. Weight repacking (CPU_REPACK) is off by default for the same reason: repacked
+    it uses: attention reads that stream alone, its cells in position order. On a CPU, flash
+    attention computes each query row on its own (the same kernel for a one-token step, a group of
+    streams and a prompt chunk under 64 rows), except for a lone query row over a KV extent of 512
+    or more cells (padded to 256), which it splits across threads: `alone_from` tells the scheduler
+    to decode such sequences alone, always. Weight repacking (CPU_REPACK) is off by default: repacked
     matmuls use a 4-row GEMM or a 1-row GEMV depending on a row's place in the step.
     """
 
@@ -100,7 +101,14 @@ class LlamaModel:
         cparams.n_ubatch = self.n_batch  # what we hand llama_decode is what it computes
         cparams.n_threads = settings.threads
         cparams.n_threads_batch = settings.threads
-        cparams.flash_attn_type = _FLASH_ATTN[_flash_attn(settings)]
+        fa = _flash_attn(settings)
+        cparams.flash_attn_type = _FLASH_ATTN[fa]
+        cpu_only = not (bool(llama_cpp.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0)
+        # ggml's CPU flash attention takes a split-KV path for a lone query row once the step's KV
+        # extent (llama.cpp pads it to 256 cells) reaches 512, i.e. from position 256 on, and a
+        # per-row path in a group: from there a sequence always decodes alone. (If llama.cpp moved
+        # that threshold below 256, decode_group_limit's probe would see lone != group and say 1.)
+        self.alone_from: int | None = 256 if fa == "on" and cpu_only else None
         cparams.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
@@ -291,11 +299,12 @@ class LlamaModel:
 
 
 def _flash_attn(settings: Settings) -> str:
-    """FLASH_ATTN=auto: off on a CPU-only build (see LlamaModel), llama.cpp's own choice with a GPU."""
+    """FLASH_ATTN=auto: on for a CPU-only build (batch-invariant under the scheduler's rule, see
+    LlamaModel), llama.cpp's own choice with a GPU."""
     if settings.flash_attn != "auto":
         return settings.flash_attn
     gpu = bool(llama_cpp.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0
-    return "auto" if gpu else "off"
+    return "auto" if gpu else "on"
 
 
 def _file_type_name(raw: str | None) -> str:

@@ -120,7 +120,7 @@ class Scheduler:
         self._drop_cancelled()
         self._admit()
         step = plan(self.active, self.jobs, chunk=self.settings.chunk_tokens, budget=self.settings.n_batch,
-                    group_limit=self.group_limit)
+                    group_limit=self.group_limit, alone_from=self.model.alone_from)
         for group in step.groups:
             self._decode(group)
         for chunk in step.chunks:

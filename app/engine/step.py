@@ -60,11 +60,17 @@ def next_chunk(job: Job, start: int, chunk: int) -> Chunk:
     return Chunk(job=job, start=start, end=end, want=want)
 
 
-def plan(active: list[Seq], jobs: list[Job], *, chunk: int, budget: int, group_limit: int) -> Step:
+def plan(active: list[Seq], jobs: list[Job], *, chunk: int, budget: int, group_limit: int,
+         alone_from: int | None = None) -> Step:
     """Decode every generating sequence; then prompt chunks, oldest job first, while `budget`
-    prompt tokens last (at least one chunk when any is waiting, so prompts always advance)."""
+    prompt tokens last (at least one chunk when any is waiting, so prompts always advance).
+
+    A sequence whose next token goes at position `alone_from` or later always decodes alone (the
+    attention kernel for one row past that extent differs from the one for a group)."""
     ordered = sorted(active, key=lambda s: s.slot)  # consecutive ids batch together in llama.cpp
-    groups = [ordered[i : i + group_limit] for i in range(0, len(ordered), group_limit)]
+    short = [s for s in ordered if alone_from is None or s.n_past < alone_from]
+    groups = [short[i : i + group_limit] for i in range(0, len(short), group_limit)]
+    groups += [[s] for s in ordered if alone_from is not None and s.n_past >= alone_from]
     chunks: list[Chunk] = []
     spent = 0
     for job in jobs:

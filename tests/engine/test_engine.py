@@ -42,8 +42,8 @@ def _reference(model_path, flash_attn):
 @pytest.fixture(scope="module")
 def reference(model_path):
     """llama-cpp-python's own high-level Llama (its own context and batch code), fed one token per
-    llama_decode, without flash attention, as our engine runs on a CPU (FLASH_ATTN=auto)."""
-    llm = _reference(model_path, False)
+    llama_decode, with flash attention, as our engine runs on a CPU (FLASH_ATTN=auto)."""
+    llm = _reference(model_path, True)
     yield llm
     llm.close()
 
@@ -79,23 +79,22 @@ def _echo_vs(engine, llm):
 def test_echo_logprobs_match_an_independent_reference(engine, reference):
     d = _echo_vs(engine, reference)
     print(f"echo vs token-by-token reference: mean {d.mean():.2e} max {d.max():.2e} over {len(d)} tokens")
-    # Our prompt chunks vs one token per decode, both without flash attention. llama.cpp computes
-    # attention scores for a many-row chunk and a one-row step with different f16 kernels (GEMM vs
-    # vec_dot), and 8-bit activation quantization can turn that last bit into a visible step:
-    # measured mean 0.008, max 0.20 nats over 52 tokens, most tokens within 1e-6. Any misalignment
-    # or off-by-one would cost nats on most tokens.
-    assert np.median(d) < 1e-5 and d.mean() < 0.03 and d.max() < 0.6
+    # These prompts are shorter than 64 tokens, so our prompt chunk takes flash attention's per-row
+    # path, the kernel a one-token decode takes, and the matmuls quantize activations row by row:
+    # the logits are the reference's. Measured mean 3.5e-8, max 3.0e-7 nats over 52 tokens (our
+    # log-softmax sums float32 exps). A misalignment or off-by-one would cost nats on most tokens.
+    assert d.max() < 1e-5
 
 
-def test_echo_logprobs_against_the_flash_attention_path(engine, model_path):
-    llm = _reference(model_path, True)
+def test_echo_logprobs_against_the_plain_attention_path(engine, model_path):
+    llm = _reference(model_path, False)
     try:
         d = _echo_vs(engine, llm)
     finally:
         llm.close()
-    print(f"echo vs reference with flash attn: mean {d.mean():.4f} max {d.max():.4f} over {len(d)} tokens")
-    # Another attention kernel (flash attention's f16 online softmax) on a 4-bit model: measured
-    # mean 0.06, max 0.41 nats. A misaligned position would be off by several nats on most tokens.
+    print(f"echo vs reference without flash attention: mean {d.mean():.4f} max {d.max():.4f} over {len(d)} tokens")
+    # Another attention kernel (softmax over f16 KQ products) on a 4-bit model: measured mean 0.054,
+    # max 0.26 nats. A misaligned position would be off by several nats on most tokens.
     assert d.mean() < 0.15 and d.max() < 1.0
 
 
@@ -122,10 +121,10 @@ def test_generated_logprobs_agree_with_echo_scoring(engine):
     print(f"generated vs echo-scored logprobs: mean {d.mean():.2e} max {d.max():.2e} "
           f"nonzero {np.count_nonzero(d > 1e-6)}/{len(d)}")
     # A generated token is computed in a one-row decode step, the same token scored with echo in a
-    # prompt chunk: llama.cpp's attention uses other f16 kernels for the two shapes (see the
-    # reference test), amplified by 8-bit activation quantization. Measured mean 0.027, max 0.19
-    # nats, 18 of 137 tokens exactly equal. A misalignment would cost nats on most tokens.
-    assert d.mean() < 0.06 and d.max() < 0.6
+    # prompt chunk. Under 64 rows a chunk takes flash attention's per-row path, and under 256 cells
+    # a decode step does too, so the two are the same computation: measured 0 of 113 tokens differ.
+    # (Longer prompts and sequences take the tiled and split-KV paths: up to ~0.26 nats apart.)
+    assert np.count_nonzero(d) == 0
 
 
 def test_top_logprob_has_k_entries_and_contains_the_greedy_choice(engine):

@@ -35,6 +35,7 @@ class ScriptedLlama:
         self.calls: list[tuple[str, tuple]] = []  # ("decode", slots) / ("copy", (src, dst)) / ...
         self.fail_decode_when = None  # callable(slots) -> bool: raise DecodeFailed(-1)
         self.group_limit = n_slots
+        self.alone_from = None  # as LlamaModel: positions from which a sequence decodes alone
 
     def start_token(self) -> int:
         return self.info.bos if self.info.add_bos else EOS

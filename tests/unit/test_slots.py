@@ -102,3 +102,13 @@ def test_plan_decodes_everyone_and_spends_the_prompt_budget_oldest_first():
     assert [(c.job is a, c.start, c.end) for c in step.chunks] == [(True, 0, 4), (True, 4, 8)]
     b.n_past, a.n_past = 0, 20
     assert [(c.job is b, c.start) for c in plan([], [a, b], chunk=4, budget=1, group_limit=8).chunks] == [(True, 0)]
+
+
+def test_plan_decodes_a_sequence_alone_from_the_extent_where_its_kernel_would_change():
+    a = job(list(range(20)))
+    seqs = [Seq(slot=s, job=a, index=0, rng=np.random.default_rng(0)) for s in range(4)]
+    for s, n_past in zip(seqs, (255, 256, 10, 300)):
+        s.n_past = n_past  # the next token goes at position n_past
+    step = plan(seqs, [], chunk=4, budget=8, group_limit=8, alone_from=256)
+    assert [[s.slot for s in g] for g in step.groups] == [[0, 2], [1], [3]]
+    assert [[s.slot for s in g] for g in plan(seqs, [], chunk=4, budget=8, group_limit=8).groups] == [[0, 1, 2, 3]]
