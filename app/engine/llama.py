@@ -209,10 +209,11 @@ class LlamaModel:
 
     # ---- compute (scheduler thread only) ----
 
-    def decode_group_limit(self, most: int = 8) -> int:
-        """The most sequences one decode step may carry while every row's logits stay bit-identical
-        to that sequence decoded alone (measured: kernels may depend on the step's row count).
-        Uses the first `most` slots with a two-token history each, and empties them again."""
+    def decode_group_limit(self, most: int) -> int:
+        """The most sequences (up to `most`, the most that ever decode at once) one decode step may
+        carry while every row's logits stay bit-identical to that sequence decoded alone (measured:
+        a kernel may change with the step's row count). Uses the first `most` slots with a
+        two-token history each, and empties them again."""
         most = min(most, self.n_slots)
         t = self.start_token()
         ones = np.ones(1, dtype=bool)
@@ -235,7 +236,7 @@ class LlamaModel:
             limit = k
         for s in range(most):
             self.seq_rm(s)
-        return limit if limit < most else self.n_slots
+        return limit
 
     def decode(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray, want: np.ndarray) -> np.ndarray:
         """Run one batch; returns logits [n_wanted, n_vocab] (float32) for rows with want=True.

@@ -42,7 +42,7 @@ class Scheduler:
         self._stopping = False
         self.dead: str | None = None  # why the thread ended, if it ended by a bug
         self._start_lp = self._start_distribution()
-        self.group_limit = model.decode_group_limit()
+        self.group_limit = model.decode_group_limit(settings.n_parallel)
         log.info("decode groups of up to %d sequences stay bit-identical to one sequence alone", self.group_limit)
         self._thread = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
         self._thread.start()

@@ -40,8 +40,8 @@ class ScriptedLlama:
     def start_token(self) -> int:
         return self.info.bos if self.info.add_bos else EOS
 
-    def decode_group_limit(self) -> int:
-        return self.group_limit
+    def decode_group_limit(self, most: int) -> int:
+        return min(self.group_limit, most)
 
     def _logits(self, slot: int, pos: int) -> np.ndarray:
         history = tuple(self.streams[slot][p] for p in range(pos + 1))
