@@ -103,12 +103,11 @@ class LlamaModel:
         cparams.n_threads_batch = settings.threads
         fa = _flash_attn(settings)
         cparams.flash_attn_type = _FLASH_ATTN[fa]
-        cpu_only = not (bool(llama_cpp.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0)
         # ggml's CPU flash attention takes a split-KV path for a lone query row once the step's KV
         # extent (llama.cpp pads it to 256 cells) reaches 512, i.e. from position 256 on, and a
         # per-row path in a group: from there a sequence always decodes alone. (If llama.cpp moved
         # that threshold below 256, decode_group_limit's probe would see lone != group and say 1.)
-        self.alone_from: int | None = 256 if fa == "on" and cpu_only else None
+        self.alone_from: int | None = 256 if fa == "on" and not _on_gpu(settings) else None
         cparams.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
@@ -304,8 +303,12 @@ def _flash_attn(settings: Settings) -> str:
     LlamaModel), llama.cpp's own choice with a GPU."""
     if settings.flash_attn != "auto":
         return settings.flash_attn
-    gpu = bool(llama_cpp.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0
-    return "auto" if gpu else "on"
+    return "auto" if _on_gpu(settings) else "on"
+
+
+def _on_gpu(settings: Settings) -> bool:
+    """Whether layers run on a GPU: a GPU build with N_GPU_LAYERS != 0."""
+    return bool(llama_cpp.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0
 
 
 def _file_type_name(raw: str | None) -> str:

@@ -68,9 +68,10 @@ def plan(active: list[Seq], jobs: list[Job], *, chunk: int, budget: int, group_l
     A sequence whose next token goes at position `alone_from` or later always decodes alone (the
     attention kernel for one row past that extent differs from the one for a group)."""
     ordered = sorted(active, key=lambda s: s.slot)  # consecutive ids batch together in llama.cpp
-    short = [s for s in ordered if alone_from is None or s.n_past < alone_from]
+    limit = alone_from if alone_from is not None else float("inf")
+    short = [s for s in ordered if s.n_past < limit]
     groups = [short[i : i + group_limit] for i in range(0, len(short), group_limit)]
-    groups += [[s] for s in ordered if alone_from is not None and s.n_past >= alone_from]
+    groups += [[s] for s in ordered if s.n_past >= limit]
     chunks: list[Chunk] = []
     spent = 0
     for job in jobs:
