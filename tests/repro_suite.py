@@ -32,6 +32,12 @@ def requests() -> list[dict]:
         for q in range(3):
             out.append({"prompt": _shots(s) + f"Question {q}: what is {q} times {s}?\nAnswer:", "max_new_tokens": 1,
                         "top_k_per_token": 5, "echo_prompt": False, **greedy})
+    # Questions of ~100 tokens after a shared 8-shot prefix: the second resumes the first's prefix
+    # in the middle of a 128-row chunk (the first two only near the end of a short last chunk).
+    for q in range(2):
+        question = " ".join(f"Consider case {q}.{i}, where the {SUBJECTS[i % 3]} rule applies twice." for i in range(9))
+        out.append({"prompt": _shots("history", 8) + question + "\nAnswer:", "max_new_tokens": 2,
+                    "top_k_per_token": 5, **greedy})
     for s in SUBJECTS[:2]:
         out.append({"prompt": _shots(s) + "The capital of France is", "max_new_tokens": 0, "echo_prompt": True,
                     "top_k_per_token": 5, **greedy})

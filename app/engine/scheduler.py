@@ -1,6 +1,6 @@
 """The decode loop: one thread owns the llama.cpp context and runs every request through it.
 
-Each step admits waiting jobs into free KV slots (reusing whole cached prompt chunks), decodes one
+Each step admits waiting jobs into free KV slots (reusing cached prompt KV), decodes one
 token for every generating sequence, then computes prompt chunks (step.py). A failure in one job's
 part of a step fails that job alone; its slots are emptied and the rest go on.
 """
@@ -137,7 +137,7 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Start waiting jobs, oldest first, while slots and N_PARALLEL allow. A job whose prompt a
-        running job is still computing (in whole chunks it could reuse) steps aside for now."""
+        running job is still computing (tokens it could reuse) steps aside for now."""
         while True:
             with self._cv:
                 if self.settings.deterministic and self.jobs:
@@ -179,7 +179,7 @@ class Scheduler:
         if placed.source is not None and placed.source is not lead:
             self.model.copy_stream(placed.source.id, lead.id)
         if n:
-            self.model.seq_rm(lead.id, n, -1)  # keep whole chunks only
+            self.model.seq_rm(lead.id, n, -1)  # keep what is reused
         job.records = [None] * len(job.prompt)
         if req.echo_prompt and job.n_hidden == 0:  # no BOS shown before it: score it after the start token
             job.records[0] = _record(self._start_lp, job.prompt[0], req.top_k_per_token)
@@ -319,12 +319,12 @@ class Scheduler:
         job.finish(error)
 
     def _release(self, job: Job, *, keep: bool) -> None:
-        """Give back the job's slots: the lead keeps its prompt's whole chunks (if `keep`)."""
+        """Give back the job's slots: the lead keeps its computed prompt (if `keep`)."""
         self.active = [s for s in self.active if s.job is not job]
         for slot in self.table.slots:
             if slot.owner is job:
                 self.table.release(slot, keep=keep and slot.lead)
-                self.model.seq_rm(slot.id, slot.n_valid, -1)  # the cells past the kept chunks
+                self.model.seq_rm(slot.id, slot.n_valid, -1)  # the cells past the kept prompt
         if job in self.jobs:
             self.jobs.remove(job)
 

@@ -3,13 +3,14 @@
 Every slot is a sequence id with a KV stream of its own (kv_unified=false): attention reads only
 that stream's cells, and they sit in position order (cell i holds position i), so the numbers a
 sequence computes depend on its own tokens only. A slot runs one sample of a job at a time; when
-the job ends, its slot keeps the prompt's whole chunks as a prefix-cache entry until the slot is
+the job ends, its slot keeps the prompt's KV as a prefix-cache entry until the slot is
 needed again (least recently used idle slots are taken first).
 
-Only whole prompt chunks are reusable: a prompt is always computed in chunks of `chunk` tokens
-aligned to absolute positions (0..C-1, C..2C-1, ...), so a token computed in a reused chunk went
-through exactly the same kernels as it would in a fresh run. Generated tokens (decoded one at a
-time) are never reused. This module is pure bookkeeping; the scheduler does the llama.cpp calls.
+Every computed prompt token is reusable, from the point `step.resume_point` allows: a prompt is
+computed in chunks of `chunk` tokens aligned to absolute positions (0..C-1, C..2C-1, ...), and a
+prompt resumed mid-chunk keeps every row on the kernels of its fresh run, so a reused token's KV is
+bit-identical to a fresh computation. Generated tokens (decoded one at a time, other kernels) are
+never reused. This module is pure bookkeeping; the scheduler does the llama.cpp calls.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from app.engine.jobs import Job, Record
+from app.engine.step import resume_point
 
 
 @dataclass(eq=False)
@@ -27,7 +29,7 @@ class Slot:
 
     id: int
     tokens: list[int] = field(default_factory=list)  # the prompt whose KV this slot holds (a prefix of)
-    n_valid: int = 0  # positions 0..n_valid-1 hold KV of whole chunks of `tokens`, computed canonically
+    n_valid: int = 0  # positions 0..n_valid-1 hold KV of `tokens`, computed canonically
     records: list[Record | None] = field(default_factory=list)  # records[i] scores tokens[i] (echo)
     owner: Job | None = None  # the running job using this slot; None: idle (a cache entry if tokens)
     lead: bool = False  # runs its owner's first sample (the one that computes the prompt)
@@ -57,7 +59,7 @@ class Placement:
 
     slots: list[Slot]
     source: Slot | None  # None: nothing reused; the lead itself: reused in place, no copy
-    n_reused: int  # prompt tokens whose KV comes from the source (a multiple of the chunk)
+    n_reused: int  # prompt tokens whose KV comes from the source (from step.resume_point)
 
 
 class SlotTable:
@@ -84,8 +86,8 @@ class SlotTable:
         return sum(s.n_valid for s in self.idle)
 
     def reusable(self, prompt: Sequence[int], *, echo_top_k: int = 0) -> tuple[Slot | None, int]:
-        """The slot whose reusable tokens share the longest whole-chunk prefix with `prompt`, and
-        that length. The prompt's last token is always computed (its logits are needed). With echo
+        """The slot from which `prompt` can reuse the most tokens' KV (step.resume_point), and how
+        many. The prompt's last token is always computed (its logits are needed). With echo
         (echo_top_k > 0), positions 1..n must have records, since their logits are not recomputed."""
         if not self.reuse:
             return None, 0
@@ -95,13 +97,13 @@ class SlotTable:
             n = min(lcp, len(prompt) - 1, s.n_valid)
             if echo_top_k:
                 n = min(n, lcp - 1, s.scored_prefix(echo_top_k))
-            n -= n % self.chunk
+            n = resume_point(max(n, 0), len(prompt), self.chunk, source_n=len(s.tokens)) if n > 0 else 0
             if n > best_n or (n == best_n and n > 0 and best is not None and best.owner is not None and s.owner is None):
                 best, best_n = s, n
         return best, best_n
 
     def worth_waiting(self, prompt: Sequence[int]) -> bool:
-        """True while a running job is still computing whole chunks this prompt could reuse."""
+        """True while a running job is still computing prompt tokens this prompt could reuse."""
         if not self.reuse:
             return False
         for s in self.slots:
@@ -109,7 +111,7 @@ class SlotTable:
             if job is None or job.prefilled or not s.lead:
                 continue
             shared = min(common_prefix(job.prompt, prompt), len(prompt) - 1)
-            if shared - shared % self.chunk > s.n_valid:
+            if shared > 0 and resume_point(shared, len(prompt), self.chunk, source_n=len(job.prompt)) > s.n_valid:
                 return True
         return False
 
@@ -139,12 +141,12 @@ class SlotTable:
         return Placement(slots=chosen, source=source, n_reused=n_reused)
 
     def computed(self, slot: Slot, prompt: list[int], n_past: int, records: list[Record | None]) -> None:
-        """The lead has computed `prompt` up to n_past: advertise its whole chunks for reuse."""
+        """The lead has computed `prompt` up to n_past: advertise those tokens for reuse."""
         slot.tokens, slot.records = prompt, records
-        slot.n_valid = n_past - n_past % self.chunk
+        slot.n_valid = n_past
 
     def release(self, slot: Slot, *, keep: bool) -> None:
-        """The slot's job ended: it keeps its whole chunks for reuse, or is emptied."""
+        """The slot's job ended: it keeps its computed prompt tokens for reuse, or is emptied."""
         slot.owner, slot.lead = None, False
         if not keep:
             slot.tokens, slot.records, slot.n_valid = [], [], 0

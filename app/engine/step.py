@@ -1,9 +1,9 @@
 """What goes into the next step: decode groups (one token per generating sequence) and prompt chunks.
 
-Every llama_decode we issue has one shape that depends only on the request it serves:
-- a prompt chunk covers positions [k*C, (k+1)*C) of one prompt (the last one may be shorter) and
-  runs alone, so a token's prompt computation never depends on other prompts or on what the prefix
-  cache held (a reused prefix ends on a chunk boundary);
+Every row we hand llama_decode takes the kernels that its own request's canonical run gives it:
+- a prompt is canonically computed in chunks [k*C, (k+1)*C) (the last one may be shorter), each
+  alone in its llama_decode, so a token's prompt computation never depends on other prompts; a
+  prompt that reuses a cached prefix resumes at `resume_point`, mid-chunk where the kernels allow;
 - a decode group carries one token for each of up to `group_limit` sequences; llama.cpp computes
   each run of consecutive sequence ids as one sub-batch, and `group_limit` is the largest size at
   which each row's logits are still bit-identical to its sequence decoded alone (measured at load).
@@ -41,6 +41,40 @@ class Step:
 
     def __bool__(self) -> bool:
         return bool(self.groups or self.chunks)
+
+
+# Row counts at which ggml's CPU kernels change for every row of a llama_decode: a lone row's
+# attention splits the KV across threads (2), K-quant matmuls switch to a tiled kernel (8), flash
+# attention switches to its tiled kernel (64, GGML_FA_TILE_Q). Repacked weights (CPU_REPACK) take
+# rows in groups of 4 from the batch's first row.
+KERNEL_ROW_STEPS = (2, 8, 64)
+ROW_GROUP = 4
+
+
+def _kernel_class(rows: int) -> int:
+    return sum(rows >= t for t in KERNEL_ROW_STEPS)
+
+
+def resume_point(cached: int, n: int, chunk: int, *, source_n: int | None = None) -> int:
+    """Where a prompt of n tokens must start computing, given that its first `cached` tokens have
+    KV computed canonically for a prompt of `source_n` tokens (default n), so that every row it
+    reuses or computes went through the kernels of its own canonical run.
+
+    The canonical run computes [0, C), [C, 2C), ..., [kC, n) as one batch each. Resuming at s
+    inside [c0, e) computes [s, e) as one batch, then the canonical batches. So s must keep [s, e)
+    on the same side of every KERNEL_ROW_STEPS boundary as [c0, e), sit a multiple of ROW_GROUP
+    rows from c0, and the rows it reuses in [c0, s) must have been computed in a batch of the same
+    kernel class by the source. The result is the largest such s <= cached (< n: the prompt's
+    last token is always computed)."""
+    assert 0 <= cached < n
+    c0 = cached - cached % chunk
+    rows = min(c0 + chunk, n) - c0  # the canonical batch's rows
+    src_rows = min(c0 + chunk, n if source_n is None else source_n) - c0
+    if _kernel_class(src_rows) != _kernel_class(rows):
+        return c0
+    need = max([1] + [t for t in KERNEL_ROW_STEPS if rows >= t])  # rows the resumed batch must keep
+    room = min(cached - c0, rows - need)
+    return c0 + room - room % ROW_GROUP
 
 
 def next_chunk(job: Job, start: int, chunk: int) -> Chunk:

@@ -40,12 +40,15 @@ def test_same_request_same_bits_serial_concurrent_shuffled(fresh_engine):
     assert any(len(c["tokens"]) > 5 for r in serial for c in r["completions"])  # it generated text
 
 
-def test_reuse_on_and_off_give_the_same_bits(engine_settings, engine):
-    off = Engine(dataclasses.replace(engine_settings, prefix_reuse=False)).start(background=False)
+def test_reuse_on_and_off_give_the_same_bits(fresh_engine):
+    """Served one at a time, the suite's prompts reuse each other's prefixes mid-chunk (from
+    step.resume_point); without reuse every prompt is computed whole. The bits must not differ."""
+    off = Engine(dataclasses.replace(fresh_engine.settings, prefix_reuse=False)).start(background=False)
     try:
         suite = repro_suite.requests()
-        on_answers = [sender(engine)(r) for r in suite]
+        on_answers = [sender(fresh_engine)(r) for r in suite]
         off_answers = [sender(off)(r) for r in suite]
     finally:
         off.close()
+    assert fresh_engine.stats()["prefix_cache_hits_total"] > 0
     assert not repro_suite.differences(off_answers, on_answers)

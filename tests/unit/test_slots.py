@@ -1,9 +1,9 @@
-"""Ring 1: KV slots: whole-chunk reuse, echo records, placement order, release, and step plans."""
+"""Ring 1: KV slots: reuse at kernel-safe resume points, echo records, placement order, release, and step plans."""
 import numpy as np
 
 from app.engine.jobs import Job, Record, Seq
 from app.engine.slots import SlotTable, common_prefix
-from app.engine.step import next_chunk, plan
+from app.engine.step import KERNEL_ROW_STEPS, ROW_GROUP, next_chunk, plan, resume_point
 from app.engine.types import GenerationRequest
 
 
@@ -21,15 +21,37 @@ def test_common_prefix():
     assert common_prefix([], [1]) == 0 and common_prefix([1, 2], [1, 2, 3]) == 2
 
 
-def test_reuse_is_floored_to_whole_chunks_and_spares_the_last_token():
-    t = SlotTable(3, chunk=4)
-    t.slots[1].tokens, t.slots[1].n_valid = list(range(12)), 12
-    assert t.reusable(list(range(12)))[1] == 8  # the last token is always recomputed
-    assert t.reusable(list(range(13)))[1] == 12
-    assert t.reusable(list(range(7)) + [99])[1] == 4
-    assert t.reusable([99] + list(range(1, 12)))[1] == 0
-    t.slots[1].n_valid = 4  # only the first chunk's KV is valid (a prompt still being computed)
-    assert t.reusable(list(range(13)))[1] == 4
+def test_resume_point_keeps_every_row_on_its_canonical_kernels():
+    assert resume_point(200, 300, 128) == 192  # a 128-row chunk resumes with 64 rows left at least
+    assert resume_point(150, 300, 128) == 148  # on a row group of 4 from the chunk's start
+    assert resume_point(289, 290, 128) == 280  # a 34-row tail keeps 8 rows (the K-quant tiled matmul)
+    assert resume_point(260, 263, 128) == 260  # a 7-row tail keeps 2 (a lone row splits attention)
+    assert resume_point(256, 257, 128) == 256 and resume_point(5, 9, 128) == 0
+    assert resume_point(300, 400, 128, source_n=262) == 256  # the source's rows there: a 6-row tail
+    assert resume_point(300, 400, 128, source_n=330) == 300  # a 74-row tail: same kernels as 128
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n = int(rng.integers(2, 1000))
+        cached = int(rng.integers(0, n))
+        s = resume_point(cached, n, 128)
+        c0 = cached - cached % 128
+        end = min(c0 + 128, n)
+        assert c0 <= s <= cached and (s - c0) % ROW_GROUP == 0
+        assert [end - s >= t for t in KERNEL_ROW_STEPS] == [end - c0 >= t for t in KERNEL_ROW_STEPS]
+
+
+def test_reuse_resumes_where_the_kernels_allow_and_spares_the_last_token():
+    t = SlotTable(3, chunk=128)
+    t.slots[1].tokens, t.slots[1].n_valid = list(range(300)), 300
+    assert t.reusable(list(range(200)) + [-1] * 100)[1] == 192
+    assert t.reusable(list(range(300)))[1] == 292  # the last token is always recomputed
+    assert t.reusable(list(range(301)))[1] == 292  # a 45-row tail computes 8 rows at least
+    assert t.reusable(list(range(450)))[1] == 256  # its 44-row tail: not the kernels of a 128-row chunk
+    assert t.reusable([99] + list(range(1, 300)))[1] == 0
+    t.slots[1].n_valid = 130  # only part of its KV is valid (a prompt still being computed)
+    assert t.reusable(list(range(301)))[1] == 128
+    t.slots[1].tokens, t.slots[1].n_valid = list(range(262)), 262  # its last 6 rows took other kernels
+    assert t.reusable(list(range(400)))[1] == 256
 
 
 def test_echo_needs_records_up_to_the_reused_length():
@@ -58,19 +80,19 @@ def test_placement_reuses_in_place_then_takes_empty_then_least_recently_used():
     assert t.place(job([1, 2])) is None  # nothing idle
 
 
-def test_release_keeps_whole_chunks_of_the_lead():
+def test_release_keeps_the_computed_prompt_of_the_lead():
     t = SlotTable(2, chunk=4)
     j = job(list(range(10)))
     p = t.place(j)
     t.computed(p.slots[0], j.prompt, 7, [None] * 10)
     t.release(p.slots[0], keep=True)
-    assert p.slots[0].owner is None and p.slots[0].n_valid == 4 and t.cached_tokens == 4
+    assert p.slots[0].owner is None and p.slots[0].n_valid == 7 and t.cached_tokens == 7
     p = t.place(job([9, 9]))
     t.release(p.slots[0], keep=False)
     assert p.slots[0].n_valid == 0 and p.slots[0].tokens == []
 
 
-def test_worth_waiting_only_for_chunks_still_being_computed():
+def test_worth_waiting_only_for_tokens_still_being_computed():
     t = SlotTable(3, chunk=4)
     a = job(list(range(20)))
     p = t.place(a)
