@@ -124,12 +124,15 @@ class SlotTable:
         source, n_reused = self.reusable(job.prompt, echo_top_k=echo_top_k)
         if n_reused == 0:
             source = None
+        # Empty slots first, then the least recently used idle ones (their cached prompt is dropped).
+        others = sorted((s for s in idle if s is not source), key=lambda s: (s.n_valid > 0, s.last_used, s.id))
         chosen: list[Slot] = []
-        if source is not None and source.owner is None:
-            chosen.append(source)  # reuse in place: the lead runs in the slot that holds the prefix
-        # Then empty slots, then the least recently used idle ones (their cached prefix is dropped).
-        rest = sorted((s for s in idle if s not in chosen), key=lambda s: (s.n_valid > 0, s.last_used, s.id))
-        chosen += rest[: n - len(chosen)]
+        if source is not None and source.owner is None and (2 * n_reused >= source.n_valid or len(others) < n):
+            # Reuse in place (the lead runs in the slot that holds the prefix) when the prompt
+            # continues most of that entry; otherwise the entry stays cached and is copied from, so
+            # a short shared start (a common instruction line) never evicts another subject's prefix.
+            chosen.append(source)
+        chosen += others[: n - len(chosen)]
         now = self._tick()
         for s in chosen:
             s.owner, s.lead = job, s is chosen[0]

@@ -80,6 +80,19 @@ def test_placement_reuses_in_place_then_takes_empty_then_least_recently_used():
     assert t.place(job([1, 2])) is None  # nothing idle
 
 
+def test_a_short_shared_start_copies_from_an_entry_instead_of_evicting_it():
+    t = SlotTable(3, chunk=128)
+    t.slots[0].tokens, t.slots[0].n_valid, t.slots[0].last_used = list(range(700)), 700, 1
+    p = t.place(job(list(range(10)) + [-1] * 500))  # shares 10 tokens: resume at 8, copied
+    assert p.source is t.slots[0] and p.n_reused == 8 and p.slots[0] is not t.slots[0]
+    assert t.slots[0].n_valid == 700 and t.slots[0].owner is None  # still cached
+    q = t.place(job(list(range(600)) + [-1] * 50))  # continues most of it: reused in place
+    assert q.slots[0] is t.slots[0] and q.source is t.slots[0] and q.n_reused == 576
+    t2 = SlotTable(1, chunk=128)
+    t2.slots[0].tokens, t2.slots[0].n_valid = list(range(700)), 700
+    assert t2.place(job(list(range(12)) + [-1] * 500)).slots[0] is t2.slots[0]  # no other slot: in place
+
+
 def test_release_keeps_the_computed_prompt_of_the_lead():
     t = SlotTable(2, chunk=4)
     j = job(list(range(10)))
