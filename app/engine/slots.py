@@ -103,7 +103,8 @@ class SlotTable:
         return best, best_n
 
     def worth_waiting(self, prompt: Sequence[int]) -> bool:
-        """True while a running job is still computing prompt tokens this prompt could reuse."""
+        """True while a running job is still computing a whole chunk or more that this prompt could
+        reuse (waiting for less, such as a shared instruction line, would delay it for nothing)."""
         if not self.reuse:
             return False
         for s in self.slots:
@@ -111,7 +112,7 @@ class SlotTable:
             if job is None or job.prefilled or not s.lead:
                 continue
             shared = min(common_prefix(job.prompt, prompt), len(prompt) - 1)
-            if shared > 0 and resume_point(shared, len(prompt), self.chunk, source_n=len(job.prompt)) > s.n_valid:
+            if shared - shared % self.chunk > s.n_valid:
                 return True
         return False
 

@@ -105,7 +105,7 @@ def test_release_keeps_the_computed_prompt_of_the_lead():
     assert p.slots[0].n_valid == 0 and p.slots[0].tokens == []
 
 
-def test_worth_waiting_only_for_tokens_still_being_computed():
+def test_worth_waiting_only_for_whole_chunks_still_being_computed():
     t = SlotTable(3, chunk=4)
     a = job(list(range(20)))
     p = t.place(a)
@@ -115,6 +115,7 @@ def test_worth_waiting_only_for_tokens_still_being_computed():
     a.n_past = 12
     assert not t.worth_waiting(list(range(12)) + [99])  # all it could share is computed
     assert not t.worth_waiting([5, 5, 5, 5, 5])
+    assert not t.worth_waiting([0, 1, 2, 99])  # shares less than a chunk: not worth a wait
 
 
 def test_chunks_are_aligned_to_absolute_positions():
