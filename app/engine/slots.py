@@ -97,7 +97,7 @@ class SlotTable:
             n = min(lcp, len(prompt) - 1, s.n_valid)
             if echo_top_k:
                 n = min(n, lcp - 1, s.scored_prefix(echo_top_k))
-            n = resume_point(max(n, 0), len(prompt), self.chunk, source_n=len(s.tokens)) if n > 0 else 0
+            n = resume_point(n, len(prompt), self.chunk, source_n=len(s.tokens)) if n > 0 else 0
             if n > best_n or (n == best_n and n > 0 and best is not None and best.owner is not None and s.owner is None):
                 best, best_n = s, n
         return best, best_n
