@@ -72,7 +72,7 @@ def resume_point(cached: int, n: int, chunk: int, *, source_n: int | None = None
     src_rows = min(c0 + chunk, n if source_n is None else source_n) - c0
     if _kernel_class(src_rows) != _kernel_class(rows):
         return c0
-    need = max([1] + [t for t in KERNEL_ROW_STEPS if rows >= t])  # rows the resumed batch must keep
+    need = ((1,) + KERNEL_ROW_STEPS)[_kernel_class(rows)]  # rows the resumed batch must keep
     room = min(cached - c0, rows - need)
     return c0 + room - room % ROW_GROUP
 
