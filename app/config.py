@@ -34,11 +34,12 @@ class Settings:
     # PREFIX_CACHE_SLOTS: KV slots beyond N_PARALLEL that keep finished prompts for reuse by later
     # ones; -1 means N_PARALLEL. KV memory = (N_PARALLEL + PREFIX_CACHE_SLOTS) x N_CTX cells.
     prefix_cache_slots: int = -1
-    # PREFIX_REUSE: whether prompts reuse the KV of whole chunks computed before (off: every
-    # prompt is computed from scratch; outputs are the same either way).
+    # PREFIX_REUSE: whether prompts reuse the KV of prefixes computed before (off: every prompt is
+    # computed from scratch; outputs are the same either way).
     prefix_reuse: bool = True
     # CHUNK_TOKENS: prompts are computed in chunks of this many tokens at fixed positions
-    # (0..C-1, C..2C-1, ...), one chunk per llama_decode; prefixes are reused in whole chunks.
+    # (0..C-1, C..2C-1, ...), one chunk per llama_decode; a reused prefix resumes mid-chunk where
+    # every row keeps its chunk's kernels (step.resume_point).
     chunk_tokens: int = 128
     # N_BATCH: prompt tokens computed per scheduler step (whole chunks), between decode steps.
     n_batch: int = 512

@@ -4,7 +4,11 @@ Every slot is a sequence id with a KV stream of its own (kv_unified=false): atte
 that stream's cells, and they sit in position order (cell i holds position i), so the numbers a
 sequence computes depend on its own tokens only. A slot runs one sample of a job at a time; when
 the job ends, its slot keeps the prompt's KV as a prefix-cache entry until the slot is
-needed again (least recently used idle slots are taken first).
+needed again. Which entry goes first is GreedyDual-Size with cost = tokens held: an entry's priority
+is the table's floor when it was last used plus the prompt tokens it would spare a prompt that
+reuses it; the lowest goes, and the floor rises to its priority. Among entries of one size this is
+least-recently-used; a 700-token few-shot prefix outlives several 100-token one-off prompts that
+came after it, but not forever (each eviction raises the floor).
 
 Every computed prompt token is reusable, from the point `step.resume_point` allows: a prompt is
 computed in chunks of `chunk` tokens aligned to absolute positions (0..C-1, C..2C-1, ...), and a
@@ -33,7 +37,7 @@ class Slot:
     records: list[Record | None] = field(default_factory=list)  # records[i] scores tokens[i] (echo)
     owner: Job | None = None  # the running job using this slot; None: idle (a cache entry if tokens)
     lead: bool = False  # runs its owner's first sample (the one that computes the prompt)
-    last_used: int = 0  # the table's clock when last used or shared
+    priority: int = 0  # GreedyDual-Size: the table's floor when last used or shared, + n_valid
 
     def scored_prefix(self, k: int) -> int:
         """The largest m such that records[1..m] exist with at least k alternatives each."""
@@ -70,11 +74,11 @@ class SlotTable:
         self.slots = [Slot(id=i) for i in range(n_slots)]
         self.chunk = chunk
         self.reuse = reuse
-        self.clock = 0
+        self.floor = 0  # the priority of the last entry evicted (GreedyDual's inflation value)
 
-    def _tick(self) -> int:
-        self.clock += 1
-        return self.clock
+    def _keep(self, s: Slot) -> None:
+        """The slot's entry was just used: its priority is the floor plus the tokens it spares."""
+        s.priority = self.floor + s.n_valid
 
     @property
     def idle(self) -> list[Slot]:
@@ -125,8 +129,8 @@ class SlotTable:
         source, n_reused = self.reusable(job.prompt, echo_top_k=echo_top_k)
         if n_reused == 0:
             source = None
-        # Empty slots first, then the least recently used idle ones (their cached prompt is dropped).
-        others = sorted((s for s in idle if s is not source), key=lambda s: (s.n_valid > 0, s.last_used, s.id))
+        # Empty slots first, then the entries of lowest priority (their cached prompt is dropped).
+        others = sorted((s for s in idle if s is not source), key=lambda s: (s.n_valid > 0, s.priority, s.id))
         chosen: list[Slot] = []
         if source is not None and source.owner is None and (2 * n_reused >= source.n_valid or len(others) < n):
             # Reuse in place (the lead runs in the slot that holds the prefix) when the prompt
@@ -134,14 +138,14 @@ class SlotTable:
             # a short shared start (a common instruction line) never evicts another subject's prefix.
             chosen.append(source)
         chosen += others[: n - len(chosen)]
-        now = self._tick()
         for s in chosen:
             s.owner, s.lead = job, s is chosen[0]
-            s.last_used = now
             if s is not source:
+                if s.n_valid:
+                    self.floor = max(self.floor, s.priority)  # an entry evicted
                 s.tokens, s.records, s.n_valid = [], [], 0
         if source is not None:
-            source.last_used = now
+            self._keep(source)
         return Placement(slots=chosen, source=source, n_reused=n_reused)
 
     def computed(self, slot: Slot, prompt: list[int], n_past: int, records: list[Record | None]) -> None:
@@ -154,4 +158,4 @@ class SlotTable:
         slot.owner, slot.lead = None, False
         if not keep:
             slot.tokens, slot.records, slot.n_valid = [], [], 0
-        slot.last_used = self._tick()
+        self._keep(slot)

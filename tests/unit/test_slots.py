@@ -68,21 +68,61 @@ def test_echo_needs_records_up_to_the_reused_length():
     assert t.reusable(list(range(20)), echo_top_k=1)[1] == 4
 
 
-def test_placement_reuses_in_place_then_takes_empty_then_least_recently_used():
+def test_placement_reuses_in_place_then_takes_empty_then_lowest_priority():
     t = SlotTable(4, chunk=4)
-    t.slots[2].tokens, t.slots[2].n_valid, t.slots[2].last_used = list(range(8)), 8, 5
-    t.slots[3].tokens, t.slots[3].n_valid, t.slots[3].last_used = [50, 51, 52, 53], 4, 1
+    t.slots[2].tokens, t.slots[2].n_valid, t.slots[2].priority = list(range(8)), 8, 8
+    t.slots[3].tokens, t.slots[3].n_valid, t.slots[3].priority = [50, 51, 52, 53], 4, 4
     p = t.place(job(list(range(10)), n=2))
     assert [s.id for s in p.slots] == [2, 0] and p.source is t.slots[2] and p.n_reused == 8
     assert p.slots[0].lead and not p.slots[1].lead
     q = t.place(job([7, 7, 7, 7, 7], n=2))  # slot 1 is empty; slot 3 (a cache entry) is evicted
     assert [s.id for s in q.slots] == [1, 3] and q.source is None and t.slots[3].n_valid == 0
+    assert t.floor == 4  # the evicted entry's priority
     assert t.place(job([1, 2])) is None  # nothing idle
+
+
+def run(t, prompt):
+    """Place a one-sample job, compute its whole prompt, release it: it stays cached."""
+    p = t.place(job(prompt))
+    t.computed(p.slots[0], list(prompt), len(prompt), [])
+    t.release(p.slots[0], keep=True)
+    return p.slots[0].id
+
+
+def test_eviction_keeps_a_long_prefix_past_short_one_off_prompts_but_not_forever():
+    t = SlotTable(3, chunk=128)
+    long = list(range(700))
+    at = run(t, long)
+    shorts = [[1000 + 100 * i + k for k in range(100)] for i in range(20)]
+    for i in range(6):  # least-recently-used would have evicted it at the second short prompt
+        run(t, shorts[i])
+        assert t.slots[at].tokens == long, i
+    assert t.reusable(long[:600] + [-1] * 100) == (t.slots[at], 576)
+    for i in range(6, 20):  # each eviction raises the floor: it goes in the end
+        run(t, shorts[i])
+    assert t.slots[at].tokens != long
+    t2 = SlotTable(3, chunk=128)
+    at = run(t2, long)
+    for i in range(20):  # reused now and then, it stays
+        run(t2, shorts[i])
+        if i % 5 == 4:  # shares 300 of its 700 tokens: copied from, and refreshed
+            p = t2.place(job(long[:300] + [-2] * 100))
+            assert p.source is t2.slots[at] and p.slots[0] is not p.source and p.n_reused == 300
+            for s in t2.slots:
+                if s.owner is not None:
+                    t2.release(s, keep=False)
+    assert t2.slots[at].tokens == long
+    same = SlotTable(3, chunk=4)  # entries of one size: least recently used goes first
+    a, b = run(same, [1] * 8), run(same, [2] * 8)
+    run(same, [3] * 8)
+    assert same.slots[a].n_valid == 8 and same.slots[b].n_valid == 8
+    run(same, [4] * 8)
+    assert same.slots[a].tokens == [4] * 8 and same.slots[b].tokens == [2] * 8
 
 
 def test_a_short_shared_start_copies_from_an_entry_instead_of_evicting_it():
     t = SlotTable(3, chunk=128)
-    t.slots[0].tokens, t.slots[0].n_valid, t.slots[0].last_used = list(range(700)), 700, 1
+    t.slots[0].tokens, t.slots[0].n_valid, t.slots[0].priority = list(range(700)), 700, 700
     p = t.place(job(list(range(10)) + [-1] * 500))  # shares 10 tokens: resume at 8, copied
     assert p.source is t.slots[0] and p.n_reused == 8 and p.slots[0] is not t.slots[0]
     assert t.slots[0].n_valid == 700 and t.slots[0].owner is None  # still cached
