@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=2, help="repetitions per row; the fastest counts")
     ap.add_argument("--rows", default="decode,mmlu,gen,occupancy,helm")
     args = ap.parse_args(argv)
+    args.model = args.model.resolve()  # the "before" server runs from another directory
     CACHE.mkdir(exist_ok=True)
     rows = args.rows.split(",")
     sizes = [int(x) for x in args.matrix.split(",")]
