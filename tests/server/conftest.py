@@ -48,9 +48,13 @@ class Server:
         assert len(pids) == 1, f"gunicorn masters under {self.proc.pid}: {pids}"
         return pids[0]
 
+    def worker_pids(self) -> list[int]:
+        """gunicorn's worker processes: one, or none for a moment while a dead one is replaced."""
+        return children(self.gunicorn_pid())
+
     def worker_pid(self) -> int:
         """gunicorn's one worker process (the one that holds the model)."""
-        pids = children(self.gunicorn_pid())
+        pids = self.worker_pids()
         assert len(pids) == 1, f"gunicorn workers: {pids}"
         return pids[0]
 
