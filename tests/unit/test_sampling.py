@@ -34,6 +34,43 @@ def test_top_k_rows_is_per_row():
     assert top_k_rows(block, 2).tolist() == [[1, 3], [0, 1]]
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.sampled_from([64 * 64, 64 * 9 * 16, 512 * 12]),
+    st.integers(1, 16),
+    st.sampled_from(["distinct", "ties", "few finite"]),
+    st.integers(0, 2**32 - 1),
+)
+def test_top_k_over_blocks_picks_what_a_pass_over_the_whole_row_picks(m, n, k, kind, seed):
+    """Large vocabularies search the k best blocks of ids only; the ids, their order and the
+    choice among ties must be exactly those of k argmax passes over the whole row."""
+    rng = np.random.default_rng(seed)
+    if kind == "distinct":
+        block = rng.standard_normal((m, n)).astype(np.float32)
+    elif kind == "ties":  # whole numbers: blocks with different bests, ties across blocks below
+        block = np.round(rng.standard_normal((m, n)) * 3).astype(np.float32)
+    else:  # rows with fewer than k values above -inf, or -inf spread over them
+        block = np.full((m, n), -np.inf, dtype=np.float32)
+        for row in block:
+            ids = rng.integers(0, n, int(rng.integers(0, 2 * k + 1)))
+            row[ids] = rng.integers(-2, 3, len(ids))
+    want = np.empty((m, k), dtype=np.int64)
+    for r in range(m):  # the reference: k passes of argmax, each taking the lowest id among ties
+        work = block[r].copy()
+        for j in range(k):
+            want[r, j] = int(np.argmax(work))
+            work[want[r, j]] = -np.inf
+    assert top_k_rows(block, k).tolist() == want.tolist()
+
+
+def test_logsumexp_of_a_row_does_not_depend_on_the_rows_beside_it():
+    block = np.random.default_rng(5).normal(scale=4, size=(9, 262_144)).astype(np.float32)
+    together = logsumexp_rows(block)
+    assert [logsumexp_rows(block[i : i + 1])[0] for i in range(9)] == together.tolist()
+    assert logsumexp_rows(block[3:8]).tolist() == together[3:8].tolist()
+
+
 @given(arrays(np.float32, st.integers(1, 200), elements=finite))
 def test_log_softmax_normalises(logits):
     lp = log_softmax(logits)
