@@ -6,7 +6,8 @@ sequence computes depend on its own tokens only. A slot runs one sample of a job
 the job ends, its slot keeps the prompt's KV as a prefix-cache entry until the slot is
 needed again. Which entry goes first is GreedyDual-Size with cost = tokens held: an entry's priority
 is the table's floor when it was last used plus the prompt tokens it would spare a prompt that
-reuses it; the lowest goes, and the floor rises to its priority. Among entries of one size this is
+reuses it; the lowest goes, net of the tokens another slot holds too (of two copies of a prefix,
+one spares nothing), and the floor rises to its priority. Among entries of one size this is
 least-recently-used; a 700-token few-shot prefix outlives several 100-token one-off prompts that
 came after it, but not forever (each eviction raises the floor).
 
@@ -129,24 +130,38 @@ class SlotTable:
         source, n_reused = self.reusable(job.prompt, echo_top_k=echo_top_k)
         if n_reused == 0:
             source = None
-        # Empty slots first, then the entries of lowest priority (their cached prompt is dropped).
-        others = sorted((s for s in idle if s is not source), key=lambda s: (s.n_valid > 0, s.priority, s.id))
+        others = [s for s in idle if s is not source]
         chosen: list[Slot] = []
         if source is not None and source.owner is None and (2 * n_reused >= source.n_valid or len(others) < n):
             # Reuse in place (the lead runs in the slot that holds the prefix) when the prompt
             # continues most of that entry; otherwise the entry stays cached and is copied from, so
             # a short shared start (a common instruction line) never evicts another subject's prefix.
             chosen.append(source)
-        chosen += others[: n - len(chosen)]
+        while len(chosen) < n:
+            # Empty slots first, then the entry of lowest priority net of the tokens another slot
+            # holds too: one of two copies of a prefix spares nothing the other does not.
+            worth = {id(s): s.priority - self._held_elsewhere(s) for s in others if s.n_valid}
+            s = min(others, key=lambda s: (s.n_valid > 0, worth.get(id(s), 0), s.id))
+            others.remove(s)
+            if s.n_valid:
+                self.floor = max(self.floor, worth[id(s)])  # an entry evicted
+            s.tokens, s.records, s.n_valid = [], [], 0
+            chosen.append(s)
         for s in chosen:
             s.owner, s.lead = job, s is chosen[0]
-            if s is not source:
-                if s.n_valid:
-                    self.floor = max(self.floor, s.priority)  # an entry evicted
-                s.tokens, s.records, s.n_valid = [], [], 0
         if source is not None:
             self._keep(source)
         return Placement(slots=chosen, source=source, n_reused=n_reused)
+
+    def _held_elsewhere(self, s: Slot) -> int:
+        """How many of s's cached tokens another slot holds as well: an idle entry, or the prompt a
+        running job is computing (kept when it ends)."""
+        most = 0
+        for t in self.slots:
+            held = len(t.tokens) if t.owner is not None and t.lead else t.n_valid
+            if t is not s and held > most and t.tokens and t.tokens[0] == s.tokens[0]:
+                most = max(most, min(common_prefix(s.tokens, t.tokens[:held]), s.n_valid))
+        return most
 
     def computed(self, slot: Slot, prompt: list[int], n_past: int, records: list[Record | None]) -> None:
         """The lead has computed `prompt` up to n_past: advertise those tokens for reuse."""

@@ -120,6 +120,28 @@ def test_eviction_keeps_a_long_prefix_past_short_one_off_prompts_but_not_forever
     assert same.slots[a].tokens == [4] * 8 and same.slots[b].tokens == [2] * 8
 
 
+def test_of_two_copies_of_a_prefix_one_goes_before_a_prefix_held_once():
+    """Two jobs of one subject admitted together each compute their question in a slot of their
+    own, so the subject's prefix ends up cached twice. Evicting one copy loses nothing; evicting
+    an older subject held once (plain GreedyDual-Size's choice here) loses its whole prefix."""
+    t = SlotTable(3, chunk=128)
+    older = list(range(10_000, 10_700))
+    run(t, older)  # subject A, cached first: the lowest priority
+    subject_b = list(range(700))
+    b1, b2 = job(subject_b + [-1] * 100), job(subject_b + [-2] * 120)
+    p1, p2 = t.place(b1), t.place(b2)  # admitted in the same step: each computes the prefix
+    for p, j in ((p1, b1), (p2, b2)):
+        t.computed(p.slots[0], j.prompt, len(j.prompt), [None] * len(j.prompt))
+        t.release(p.slots[0], keep=True)
+    assert sorted(s.n_valid for s in t.slots) == [700, 800, 820]
+    run(t, list(range(20_000, 20_300)))  # a new subject: one of B's two copies goes, not A
+    assert any(s.tokens == older for s in t.slots)
+    assert sum(1 for s in t.slots if s.tokens[:700] == subject_b) == 1
+    assert t.reusable(subject_b + [-3] * 50)[1] == resume_point(700, 750, 128)
+    run(t, list(range(30_000, 30_300)))  # the last copy of B is held once again: worth its size
+    assert any(s.tokens[:700] == subject_b for s in t.slots)
+
+
 def test_a_short_shared_start_copies_from_an_entry_instead_of_evicting_it():
     t = SlotTable(3, chunk=128)
     t.slots[0].tokens, t.slots[0].n_valid, t.slots[0].priority = list(range(700)), 700, 700
