@@ -138,13 +138,14 @@ class SlotTable:
             # a short shared start (a common instruction line) never evicts another subject's prefix.
             chosen.append(source)
         while len(chosen) < n:
-            # Empty slots first, then the entry of lowest priority net of the tokens another slot
-            # holds too: one of two copies of a prefix spares nothing the other does not.
-            worth = {id(s): s.priority - self._held_elsewhere(s) for s in others if s.n_valid}
-            s = min(others, key=lambda s: (s.n_valid > 0, worth.get(id(s), 0), s.id))
+            s = next((s for s in others if not s.n_valid), None)  # an empty slot first
+            if s is None:
+                # The entry of lowest priority net of the tokens another slot holds too: one of two
+                # copies of a prefix spares nothing the other does not.
+                worth = {s: s.priority - self._held_elsewhere(s) for s in others}
+                s = min(others, key=lambda s: (worth[s], s.id))
+                self.floor = max(self.floor, worth[s])  # an entry evicted
             others.remove(s)
-            if s.n_valid:
-                self.floor = max(self.floor, worth[id(s)])  # an entry evicted
             s.tokens, s.records, s.n_valid = [], [], 0
             chosen.append(s)
         for s in chosen:
@@ -160,7 +161,7 @@ class SlotTable:
         for t in self.slots:
             held = len(t.tokens) if t.owner is not None and t.lead else t.n_valid
             if t is not s and held > most and t.tokens and t.tokens[0] == s.tokens[0]:
-                most = max(most, min(common_prefix(s.tokens, t.tokens[:held]), s.n_valid))
+                most = max(most, min(common_prefix(s.tokens, t.tokens), held, s.n_valid))
         return most
 
     def computed(self, slot: Slot, prompt: list[int], n_past: int, records: list[Record | None]) -> None:
