@@ -37,9 +37,9 @@ class Settings:
     # PREFIX_REUSE: whether prompts reuse the KV of prefixes computed before (off: every prompt is
     # computed from scratch; outputs are the same either way).
     prefix_reuse: bool = True
-    # CHUNK_TOKENS: prompts are computed in chunks of this many tokens at fixed positions
-    # (0..C-1, C..2C-1, ...), one chunk per llama_decode; a reused prefix resumes mid-chunk where
-    # every row keeps its chunk's kernels (step.resume_point).
+    # CHUNK_TOKENS: the most prompt tokens of one llama_decode. A prompt of 64 tokens or more is
+    # computed in batches of 64..CHUNK_TOKENS rows (flash attention's tiled kernel for every row);
+    # a reused prefix resumes where it ends (step.resume_point).
     chunk_tokens: int = 128
     # N_BATCH: prompt tokens computed per scheduler step (whole chunks), between decode steps.
     n_batch: int = 512
@@ -148,8 +148,8 @@ class Settings:
         assert self.n_parallel >= 1, f"N_PARALLEL must be at least 1, got {self.n_parallel}"
         assert self.n_batch >= 8, f"N_BATCH must be at least 8, got {self.n_batch}"
         assert self.prefix_cache_slots >= -1, f"PREFIX_CACHE_SLOTS must be -1 or more, got {self.prefix_cache_slots}"
-        assert 4 <= self.chunk_tokens <= 1024 and self.chunk_tokens % 4 == 0, (
-            f"CHUNK_TOKENS must be a multiple of 4 in 4..1024, got {self.chunk_tokens}"
+        assert 128 <= self.chunk_tokens <= 1024 and self.chunk_tokens % 4 == 0, (
+            f"CHUNK_TOKENS must be a multiple of 4 in 128..1024, got {self.chunk_tokens}"
         )
         assert self.n_batch >= self.chunk_tokens, f"N_BATCH ({self.n_batch}) must be at least CHUNK_TOKENS ({self.chunk_tokens})"
         assert self.flash_attn in ("auto", "on", "off"), f"FLASH_ATTN must be auto/on/off, got {self.flash_attn!r}"

@@ -70,8 +70,8 @@ class EngineCollector(Collector):
         for reason in sorted(set(FINISH_REASONS) | set(finished)):
             success.add_metric(labels + [reason], finished.get(reason, 0))
         yield success
-        # The gateway's optional BlockSize / NumGPUBlocks: prompts are reused in whole chunks of
-        # CHUNK_TOKENS, so a block is a chunk. The endpoint picker's prefix index sizes itself from
+        # The gateway's optional BlockSize / NumGPUBlocks: prompts are computed in batches of up to
+        # CHUNK_TOKENS, and a block is one such chunk. The endpoint picker's prefix index sizes itself from
         # these (block size x blocks = tokens a pod can hold); a block of 1 token would be raised to
         # its minimum of 64 and overstate the cache 64 times.
         info = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",

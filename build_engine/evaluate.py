@@ -24,15 +24,35 @@ N_TG = 32  # tokens generated one at a time for the tg speed
 REPEATS = 3  # speed runs per engine; the best is kept (other load on the machine only slows a run down)
 
 
-def _llama(path: Path, *, n_ctx: int, threads: int, logits_all: bool):
-    """A CPU llama.cpp engine on ``path``, its log filtered by build_engine.llama_log."""
+def plain_llama(**kwargs):
+    """llama-cpp-python's Llama with the weights in plain CPU buffers, as the server keeps them
+    (CPU_REPACK=0). Llama takes no argument for that, and llama.cpp's default (extra buffer types)
+    repacks weights for the CPU: on one with AMX, other kernels give other numbers, and a process
+    that may not use AMX tiles (some VMs) dies of an illegal instruction at its first batch."""
+    import llama_cpp.llama_cpp as lib
     from llama_cpp import Llama
 
+    default = lib.llama_model_default_params
+
+    def plain():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = plain
+    try:
+        return Llama(**kwargs)
+    finally:
+        lib.llama_model_default_params = default
+
+
+def _llama(path: Path, *, n_ctx: int, threads: int, logits_all: bool):
+    """A CPU llama.cpp engine on ``path``, its log filtered by build_engine.llama_log."""
     from build_engine import llama_log
 
     llama_log.install()
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                 n_threads_batch=threads, n_gpu_layers=0, logits_all=logits_all, verbose=False, seed=0)
+    return plain_llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
+                       n_threads_batch=threads, n_gpu_layers=0, logits_all=logits_all, verbose=False, seed=0)
 
 
 def chunks_of(text: str, *, ref: Path, n_ctx: int, max_chunks: int) -> np.ndarray:

@@ -11,11 +11,10 @@ one spares nothing), and the floor rises to its priority. Among entries of one s
 least-recently-used; a 700-token few-shot prefix outlives several 100-token one-off prompts that
 came after it, but not forever (each eviction raises the floor).
 
-Every computed prompt token is reusable, from the point `step.resume_point` allows: a prompt is
-computed in chunks of `chunk` tokens aligned to absolute positions (0..C-1, C..2C-1, ...), and a
-prompt resumed mid-chunk keeps every row on the kernels of its fresh run, so a reused token's KV is
-bit-identical to a fresh computation. Generated tokens (decoded one at a time, other kernels) are
-never reused. This module is pure bookkeeping; the scheduler does the llama.cpp calls.
+Every computed prompt token is reusable, up to the point `step.resume_point` allows: every batch
+of a prompt has the kernel class of the prompt's fresh run (64+ rows for a prompt of 64+ tokens), so
+a reused token's KV is bit-identical to a fresh computation. Generated tokens (decoded one at a
+time, other kernels) are never reused. This module is pure bookkeeping; the scheduler does the llama.cpp calls.
 """
 from __future__ import annotations
 
@@ -102,7 +101,7 @@ class SlotTable:
             n = min(lcp, len(prompt) - 1, s.n_valid)
             if echo_top_k:
                 n = min(n, lcp - 1, s.scored_prefix(echo_top_k))
-            n = resume_point(n, len(prompt), self.chunk, source_n=len(s.tokens)) if n > 0 else 0
+            n = resume_point(n, len(prompt), source_n=len(s.tokens)) if n > 0 else 0
             if n > best_n or (n == best_n and n > 0 and best is not None and best.owner is not None and s.owner is None):
                 best, best_n = s, n
         return best, best_n

@@ -1,9 +1,13 @@
 """What goes into the next step: decode groups (one token per generating sequence) and prompt chunks.
 
-Every row we hand llama_decode takes the kernels that its own request's canonical run gives it:
-- a prompt is canonically computed in chunks [k*C, (k+1)*C) (the last one may be shorter), each
-  alone in its llama_decode, so a token's prompt computation never depends on other prompts; a
-  prompt that reuses a cached prefix resumes at `resume_point`, mid-chunk where the kernels allow;
+Every row we hand llama_decode takes the kernels that its own request's fresh run gives it:
+- a row's numbers depend on the batch it is computed in only through the batch's kernel class
+  (its row count against KERNEL_ROW_STEPS) and, with repacked weights, its place in a group of 4
+  rows from the batch's start. So a prompt of n tokens is computed in batches that all have n's
+  class: one batch if n < 64; otherwise batches of 64 to C rows, each starting at a multiple of 4
+  (`next_chunk`). Any such split gives every row the same numbers, which lets a prompt that reuses
+  a cached prefix resume right where the prefix ends (`resume_point`), with at most 3 rows (or
+  the 64 rows a batch needs) recomputed;
 - a decode group carries one token for each of up to `group_limit` sequences; llama.cpp computes
   each run of consecutive sequence ids as one sub-batch, and `group_limit` is the largest size at
   which each row's logits are still bit-identical to its sequence decoded alone (measured at load).
@@ -45,51 +49,56 @@ class Step:
 
 # Row counts at which ggml's CPU kernels change for every row of a llama_decode: a lone row's
 # attention splits the KV across threads (2), K-quant matmuls switch to a tiled kernel (8), flash
-# attention switches to its tiled kernel (64, GGML_FA_TILE_Q). Repacked weights (CPU_REPACK) take
-# rows in groups of 4 from the batch's first row.
+# attention switches to its tiled kernel (64, GGML_FA_TILE_Q; about 3x cheaper per row than the
+# per-row path below it). Repacked weights (CPU_REPACK) take rows in groups of 4 from the batch's
+# first row, the last n % 4 through another kernel.
 KERNEL_ROW_STEPS = (2, 8, 64)
 ROW_GROUP = 4
+MIN_CHUNK = 2 * KERNEL_ROW_STEPS[-1]  # a chunk size that can always split a prompt into 64+ row batches
 
 
 def _kernel_class(rows: int) -> int:
     return sum(rows >= t for t in KERNEL_ROW_STEPS)
 
 
-def resume_point(cached: int, n: int, chunk: int, *, source_n: int | None = None) -> int:
-    """Where a prompt of n tokens must start computing, given that its first `cached` tokens have
-    KV computed canonically for a prompt of `source_n` tokens (default n), so that every row it
-    reuses or computes went through the kernels of its own canonical run.
+def min_rows(n: int) -> int:
+    """The fewest rows a batch of an n-token prompt may have: every batch keeps n's kernel class."""
+    return ((1,) + KERNEL_ROW_STEPS)[_kernel_class(n)]
 
-    The canonical run computes [0, C), [C, 2C), ..., [kC, n) as one batch each. Resuming at s
-    inside [c0, e) computes [s, e) as one batch, then the canonical batches. So s must keep [s, e)
-    on the same side of every KERNEL_ROW_STEPS boundary as [c0, e), sit a multiple of ROW_GROUP
-    rows from c0, and the rows it reuses in [c0, s) must have been computed in a batch of the same
-    kernel class by the source. The result is the largest such s <= cached (< n: the prompt's
-    last token is always computed)."""
+
+def resume_point(cached: int, n: int, *, source_n: int | None = None) -> int:
+    """Where a prompt of n tokens starts computing, given that its first `cached` tokens have KV
+    that a prompt of `source_n` tokens (default n) computed: the largest s <= cached, on a row group,
+    that leaves at least `min_rows(n)` rows to compute, and 0 if the source's rows have another
+    kernel class (a source under 64 tokens for a prompt of 64 or more, say). The prompt's last token
+    is always computed (< n)."""
     assert 0 <= cached < n
-    c0 = cached - cached % chunk
-    rows = min(c0 + chunk, n) - c0  # the canonical batch's rows
-    src_rows = min(c0 + chunk, n if source_n is None else source_n) - c0
-    if _kernel_class(src_rows) != _kernel_class(rows):
-        return c0
-    need = ((1,) + KERNEL_ROW_STEPS)[_kernel_class(rows)]  # rows the resumed batch must keep
-    room = min(cached - c0, rows - need)
-    return c0 + room - room % ROW_GROUP
+    if _kernel_class(n if source_n is None else source_n) != _kernel_class(n):
+        return 0
+    s = min(cached, n - min_rows(n))
+    return max(0, s - s % ROW_GROUP)
 
 
 def next_chunk(job: Job, start: int, chunk: int) -> Chunk:
-    """The job's prompt chunk from `start` (its first uncomputed position) to the next boundary.
+    """The job's next batch from `start` (its first uncomputed position): up to `chunk` rows,
+    ending where at least `min_rows` rows are left for the batch after it.
 
     Echo asks for the logits of every row (canonical: the same rows whether or not this job also
     generates, so stored records match a fresh computation); otherwise only the prompt's last row,
     when a first token is to be drawn from it.
     """
-    end = min((start // chunk + 1) * chunk, len(job.prompt))
+    assert chunk >= MIN_CHUNK and chunk % ROW_GROUP == 0 and start % ROW_GROUP == 0
+    n = len(job.prompt)
+    need = min_rows(n)
+    end = min(start + chunk, n)
+    if 0 < n - end < need:
+        end = n - need - (n - need) % ROW_GROUP
+    assert end - start >= need, (start, end, n)  # holds while every start leaves `need` rows
     if job.req.echo_prompt:
         want = np.ones(end - start, dtype=bool)
     else:
         want = np.zeros(end - start, dtype=bool)
-        if end == len(job.prompt) and job.req.max_new_tokens > 0:
+        if end == n and job.req.max_new_tokens > 0:
             want[-1] = True
     return Chunk(job=job, start=start, end=end, want=want)
 

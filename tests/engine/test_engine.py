@@ -33,10 +33,10 @@ def score(engine, text, k=1):
 
 
 def _reference(model_path, flash_attn):
-    from llama_cpp import Llama
+    from build_engine.evaluate import plain_llama  # weights in plain CPU buffers, as ours
 
-    return Llama(model_path=str(model_path), n_ctx=512, n_threads=2, logits_all=True, verbose=False,
-                 flash_attn=flash_attn)
+    return plain_llama(model_path=str(model_path), n_ctx=512, n_threads=2, logits_all=True, verbose=False,
+                       flash_attn=flash_attn)
 
 
 @pytest.fixture(scope="module")

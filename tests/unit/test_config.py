@@ -23,7 +23,7 @@ def test_environment_then_overrides():
                                           ({"FLASH_ATTN": "maybe"}, "FLASH_ATTN"), ({"PARSE_SPECIAL": "2"}, "PARSE_SPECIAL"),
                                           ({"KV_CACHE_TOKENS": "100"}, "KV_CACHE_TOKENS"),
                                           ({"PREFIX_CACHE_TOKENS": "0"}, "PREFIX_CACHE_SLOTS"),
-                                          ({"CHUNK_TOKENS": "30"}, "CHUNK_TOKENS"),
+                                          ({"CHUNK_TOKENS": "30"}, "CHUNK_TOKENS"), ({"CHUNK_TOKENS": "64"}, "CHUNK_TOKENS"),
                                           ({"CHUNK_TOKENS": "256", "N_BATCH": "128"}, "N_BATCH"),
                                           ({"N_PARALLEL": "2", "MAX_NUM_SAMPLES": "4"}, "MAX_NUM_SAMPLES")])
 def test_bad_settings_name_the_variable(env, message):

@@ -17,11 +17,11 @@ from app.engine.scheduler import Scheduler
 from tests.unit.scripted_llama import ScriptedLlama
 
 GREEDY = SamplingParams(temperature=1e-7)
-CHUNK = 4
+CHUNK = 128
 
 
 def settings(**kw) -> Settings:
-    base = dict(n_parallel=2, prefix_cache_slots=2, chunk_tokens=CHUNK, n_batch=8, n_ctx=64, max_num_samples=2)
+    base = dict(n_parallel=2, prefix_cache_slots=2, chunk_tokens=CHUNK, n_batch=CHUNK, n_ctx=512, max_num_samples=2)
     return Settings.from_env({}, **{**base, **kw})
 
 
@@ -62,7 +62,12 @@ def all_idle(sched):
     return all(s.owner is None for s in sched.table.slots) and not sched.active and not sched.jobs
 
 
-P = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]  # 11 tokens: chunks [0,4) [4,8) [8,11)
+P = [5 + i % 50 for i in range(200)]  # a 200-token prefix: batches [0,128) [128,200)
+
+
+def q(k):
+    """A 70-token question: on its own a batch of 64+ rows, the kernels of the prefix's batches."""
+    return [30 + k % 30] * 70
 
 
 def test_jobs_beyond_n_parallel_wait_and_all_finish(make):
@@ -73,22 +78,22 @@ def test_jobs_beyond_n_parallel_wait_and_all_finish(make):
     assert max(len(j.seqs) for j in jobs) == 1 and all_idle(sched)
 
 
-def test_reuse_is_whole_chunks_and_changes_nothing(make):
-    fresh = run(make(prefix_reuse=False), job(P + [30]), job(P + [31]))
+def test_reuse_resumes_where_the_prefix_ends_and_changes_nothing(make):
+    fresh = run(make(prefix_reuse=False), job(P + q(0)), job(P + q(1)))
     sched = make()
-    reused = run(sched, job(P + [30]), job(P + [31]))
-    assert [r.n_cached_tokens for r in reused] == [0, 8]  # 12 tokens: the last is recomputed; 8 = 2 chunks
+    reused = run(sched, job(P + q(0))) + run(sched, job(P + q(1)))
+    assert [r.n_cached_tokens for r in reused] == [0, 200]  # the whole prefix, mid-batch
     assert [tokens_of(r) for r in reused] == [tokens_of(r) for r in fresh]
     assert all_idle(sched)
 
 
 def test_echo_reuses_records_only_where_they_exist(make):
     sched = make()
-    a, b, c = run(sched, job(P, max_new=2), job(P + [40], max_new=0, echo=True, k=2),
-                  job(P + [41], max_new=0, echo=True, k=2))
+    a, b, c = run(sched, job(P, max_new=2), job(P + q(0), max_new=0, echo=True, k=2),
+                  job(P + q(1), max_new=0, echo=True, k=2))
     assert b.n_cached_tokens == 0  # the first job kept no records: echo recomputes
-    assert c.n_cached_tokens == 8
-    ref = run(make(prefix_reuse=False), job(P + [41], max_new=0, echo=True, k=2))[0]
+    assert c.n_cached_tokens == 196  # records 1..199 exist (the 200th scores a token it does not share)
+    ref = run(make(prefix_reuse=False), job(P + q(1), max_new=0, echo=True, k=2))[0]
     assert tokens_of(c) == tokens_of(ref)
 
 
@@ -97,14 +102,16 @@ def test_eviction_of_a_shared_source_does_not_touch_the_copy(make):
     # slot is taken (its cached prefix dropped) by other jobs while B still decodes. B's numbers must
     # be those of a fresh run.
     sched = make(prefix_cache_slots=1)
-    a, b = job(P + [50], max_new=5), job(P + [51], max_new=40)
-    others = [job([90 + i, 91, 92, 93, 94], max_new=2) for i in range(4)]
+    shared = P[:128]  # one batch: B reuses all of it, whether A has computed more or not yet
+    a, b = job(shared + q(0), max_new=5), job(shared + q(1), max_new=40)
+    # each spares more tokens than A's entry does net of the prefix B holds too (70): A's goes first
+    others = [job([50 + i] + [51] * 99, max_new=2) for i in range(4)]
     got = run(sched, a, b, *others)
-    assert got[1].n_cached_tokens == 8
+    assert got[1].n_cached_tokens == 128
     assert ("copy", (a.lead.slot, b.lead.slot)) in sched.model.calls  # copied from a running job
     a_slot = sched.table.slots[a.lead.slot]
-    assert a_slot.tokens[:8] != (P + [50])[:8]  # A's prefix was evicted
-    ref = run(make(prefix_reuse=False), job(P + [51], max_new=40))[0]
+    assert a_slot.tokens[:128] != shared  # A's prefix was evicted
+    ref = run(make(prefix_reuse=False), job(shared + q(1), max_new=40))[0]
     assert tokens_of(got[1]) == tokens_of(ref)
     assert all_idle(sched)
 

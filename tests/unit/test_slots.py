@@ -1,9 +1,9 @@
-"""Ring 1: KV slots: reuse at kernel-safe resume points, echo records, placement order, release, and step plans."""
+"""Ring 1: KV slots: reuse from kernel-safe resume points, batches of one kernel class, echo records, placement order, release, and step plans."""
 import numpy as np
 
 from app.engine.jobs import Job, Record, Seq
 from app.engine.slots import SlotTable, common_prefix
-from app.engine.step import KERNEL_ROW_STEPS, ROW_GROUP, next_chunk, plan, resume_point
+from app.engine.step import KERNEL_ROW_STEPS, ROW_GROUP, min_rows, next_chunk, plan, resume_point
 from app.engine.types import GenerationRequest
 
 
@@ -21,37 +21,47 @@ def test_common_prefix():
     assert common_prefix([], [1]) == 0 and common_prefix([1, 2], [1, 2, 3]) == 2
 
 
-def test_resume_point_keeps_every_row_on_its_canonical_kernels():
-    assert resume_point(200, 300, 128) == 192  # a 128-row chunk resumes with 64 rows left at least
-    assert resume_point(150, 300, 128) == 148  # on a row group of 4 from the chunk's start
-    assert resume_point(289, 290, 128) == 280  # a 34-row tail keeps 8 rows (the K-quant tiled matmul)
-    assert resume_point(260, 263, 128) == 260  # a 7-row tail keeps 2 (a lone row splits attention)
-    assert resume_point(256, 257, 128) == 256 and resume_point(5, 9, 128) == 0
-    assert resume_point(300, 400, 128, source_n=262) == 256  # the source's rows there: a 6-row tail
-    assert resume_point(300, 400, 128, source_n=330) == 300  # a 74-row tail: same kernels as 128
+def test_resume_point_leaves_a_batch_of_the_prompts_kernel_class():
+    assert resume_point(200, 300) == 200  # right where the shared prefix ends
+    assert resume_point(150, 300) == 148  # on a row group of 4
+    assert resume_point(289, 290) == 224  # a prompt of 64+ tokens computes 64 rows at least
+    assert resume_point(30, 40) == 28 and resume_point(35, 40) == 32  # under 64: 8 rows at least
+    assert resume_point(6, 7) == 4 and resume_point(5, 9) == 0  # a 7-token prompt: 2 rows at least
+    assert resume_point(50, 400, source_n=50) == 0  # the source's rows: a 50-row batch, other kernels
+    assert resume_point(50, 400, source_n=64) == 48
+
+
+def test_every_batch_from_any_resume_point_has_the_prompts_kernel_class():
     rng = np.random.default_rng(0)
-    for _ in range(2000):
+    for _ in range(3000):
         n = int(rng.integers(2, 1000))
-        cached = int(rng.integers(0, n))
-        s = resume_point(cached, n, 128)
-        c0 = cached - cached % 128
-        end = min(c0 + 128, n)
-        assert c0 <= s <= cached and (s - c0) % ROW_GROUP == 0
-        assert [end - s >= t for t in KERNEL_ROW_STEPS] == [end - c0 >= t for t in KERNEL_ROW_STEPS]
+        source_n = int(rng.integers(1, 1000))
+        cached = int(rng.integers(0, min(n, source_n + 1)))
+        s = resume_point(cached, n, source_n=source_n)
+        assert 0 <= s <= cached and s % ROW_GROUP == 0
+        assert s == 0 or min_rows(n) == min_rows(source_n)  # reused rows: the same kernels
+        j, start, ends = job(range(n)), s, []
+        while start < n:
+            c = next_chunk(j, start, 128)
+            assert c.start == start and 0 < c.end - c.start <= 128
+            assert [c.end - c.start >= t for t in KERNEL_ROW_STEPS] == [n >= t for t in KERNEL_ROW_STEPS], (n, s, c)
+            start = c.end
+            ends.append(c.end)
+        assert all(e % ROW_GROUP == 0 for e in ends[:-1])  # repacked weights: rows grouped alike
 
 
 def test_reuse_resumes_where_the_kernels_allow_and_spares_the_last_token():
     t = SlotTable(3, chunk=128)
     t.slots[1].tokens, t.slots[1].n_valid = list(range(300)), 300
-    assert t.reusable(list(range(200)) + [-1] * 100)[1] == 192
-    assert t.reusable(list(range(300)))[1] == 292  # the last token is always recomputed
-    assert t.reusable(list(range(301)))[1] == 292  # a 45-row tail computes 8 rows at least
-    assert t.reusable(list(range(450)))[1] == 256  # its 44-row tail: not the kernels of a 128-row chunk
+    assert t.reusable(list(range(200)) + [-1] * 100)[1] == 200
+    assert t.reusable(list(range(300)))[1] == 236  # a batch of 64 rows at least is computed
+    assert t.reusable(list(range(301)))[1] == 236
+    assert t.reusable(list(range(450)))[1] == 300  # all of it
     assert t.reusable([99] + list(range(1, 300)))[1] == 0
     t.slots[1].n_valid = 130  # only part of its KV is valid (a prompt still being computed)
     assert t.reusable(list(range(301)))[1] == 128
-    t.slots[1].tokens, t.slots[1].n_valid = list(range(262)), 262  # its last 6 rows took other kernels
-    assert t.reusable(list(range(400)))[1] == 256
+    t.slots[1].tokens, t.slots[1].n_valid = list(range(50)), 50  # one batch of 50 rows: other kernels
+    assert t.reusable(list(range(400)))[1] == 0
 
 
 def test_echo_needs_records_up_to_the_reused_length():
@@ -69,11 +79,11 @@ def test_echo_needs_records_up_to_the_reused_length():
 
 
 def test_placement_reuses_in_place_then_takes_empty_then_lowest_priority():
-    t = SlotTable(4, chunk=4)
-    t.slots[2].tokens, t.slots[2].n_valid, t.slots[2].priority = list(range(8)), 8, 8
+    t = SlotTable(4, chunk=128)
+    t.slots[2].tokens, t.slots[2].n_valid, t.slots[2].priority = list(range(80)), 80, 80
     t.slots[3].tokens, t.slots[3].n_valid, t.slots[3].priority = [50, 51, 52, 53], 4, 4
-    p = t.place(job(list(range(10)), n=2))
-    assert [s.id for s in p.slots] == [2, 0] and p.source is t.slots[2] and p.n_reused == 8
+    p = t.place(job(list(range(200)), n=2))
+    assert [s.id for s in p.slots] == [2, 0] and p.source is t.slots[2] and p.n_reused == 80
     assert p.slots[0].lead and not p.slots[1].lead
     q = t.place(job([7, 7, 7, 7, 7], n=2))  # slot 1 is empty; slot 3 (a cache entry) is evicted
     assert [s.id for s in q.slots] == [1, 3] and q.source is None and t.slots[3].n_valid == 0
@@ -97,7 +107,7 @@ def test_eviction_keeps_a_long_prefix_past_short_one_off_prompts_but_not_forever
     for i in range(6):  # least-recently-used would have evicted it at the second short prompt
         run(t, shorts[i])
         assert t.slots[at].tokens == long, i
-    assert t.reusable(long[:600] + [-1] * 100) == (t.slots[at], 576)
+    assert t.reusable(long[:600] + [-1] * 100) == (t.slots[at], 600)
     for i in range(6, 20):  # each eviction raises the floor: it goes in the end
         run(t, shorts[i])
     assert t.slots[at].tokens != long
@@ -137,7 +147,7 @@ def test_of_two_copies_of_a_prefix_one_goes_before_a_prefix_held_once():
     run(t, list(range(20_000, 20_300)))  # a new subject: one of B's two copies goes, not A
     assert any(s.tokens == older for s in t.slots)
     assert sum(1 for s in t.slots if s.tokens[:700] == subject_b) == 1
-    assert t.reusable(subject_b + [-3] * 50)[1] == resume_point(700, 750, 128)
+    assert t.reusable(subject_b + [-3] * 50)[1] == resume_point(700, 750)
     run(t, list(range(30_000, 30_300)))  # the last copy of B is held once again: worth its size
     assert any(s.tokens[:700] == subject_b for s in t.slots)
 
@@ -149,7 +159,7 @@ def test_a_short_shared_start_copies_from_an_entry_instead_of_evicting_it():
     assert p.source is t.slots[0] and p.n_reused == 8 and p.slots[0] is not t.slots[0]
     assert t.slots[0].n_valid == 700 and t.slots[0].owner is None  # still cached
     q = t.place(job(list(range(600)) + [-1] * 50))  # continues most of it: reused in place
-    assert q.slots[0] is t.slots[0] and q.source is t.slots[0] and q.n_reused == 576
+    assert q.slots[0] is t.slots[0] and q.source is t.slots[0] and q.n_reused == 584  # 64 rows left
     t2 = SlotTable(1, chunk=128)
     t2.slots[0].tokens, t2.slots[0].n_valid = list(range(700)), 700
     assert t2.place(job(list(range(12)) + [-1] * 500)).slots[0] is t2.slots[0]  # no other slot: in place
@@ -180,26 +190,29 @@ def test_worth_waiting_only_for_whole_chunks_still_being_computed():
     assert not t.worth_waiting([0, 1, 2, 99])  # shares less than a chunk: not worth a wait
 
 
-def test_chunks_are_aligned_to_absolute_positions():
-    j = job(list(range(11)), max_new=3)
-    assert [(c.start, c.end) for c in [next_chunk(j, 0, 4), next_chunk(j, 4, 4), next_chunk(j, 8, 4)]] == \
-        [(0, 4), (4, 8), (8, 11)]
-    assert next_chunk(j, 8, 4).rows == [10]  # only the last row, for the first new token
-    assert next_chunk(j, 4, 4).rows == []
-    echo = job(list(range(11)), echo=True, max_new=0)
-    assert next_chunk(echo, 8, 4).rows == [8, 9, 10]  # echo: every row, whatever else it does
+def test_chunks_end_where_a_batch_of_64_rows_is_left():
+    j = job(list(range(300)), max_new=3)
+    assert [(c.start, c.end) for c in [next_chunk(j, 0, 128), next_chunk(j, 128, 128), next_chunk(j, 236, 128)]] == \
+        [(0, 128), (128, 236), (236, 300)]  # not (256, 300): a 44-row batch takes other kernels
+    assert (next_chunk(j, 200, 128).end, next_chunk(j, 100, 128).end) == (300, 228)
+    assert next_chunk(j, 236, 128).rows == [299]  # only the last row, for the first new token
+    assert next_chunk(j, 0, 128).rows == []
+    echo = job(list(range(300)), echo=True, max_new=0)
+    assert next_chunk(echo, 236, 128).rows == list(range(236, 300))  # echo: every row, whatever else it does
+    small = job(list(range(40)))
+    assert [(c.start, c.end) for c in (next_chunk(small, 0, 128), next_chunk(small, 28, 128))] == [(0, 40), (28, 40)]
 
 
 def test_plan_decodes_everyone_and_spends_the_prompt_budget_oldest_first():
-    a, b = job(list(range(20))), job(list(range(100, 120)))
+    a, b = job(list(range(300))), job(list(range(1000, 1300)))
     for k, j in enumerate((a, b)):
         j.seqs = [Seq(slot=k, job=j, index=0, rng=np.random.default_rng(0))]
     gens = [Seq(slot=s, job=a, index=0, rng=np.random.default_rng(0)) for s in (5, 2, 3)]
-    step = plan(gens, [a, b], chunk=4, budget=8, group_limit=2)
+    step = plan(gens, [a, b], chunk=128, budget=200, group_limit=2)
     assert [[s.slot for s in g] for g in step.groups] == [[2, 3], [5]]
-    assert [(c.job is a, c.start, c.end) for c in step.chunks] == [(True, 0, 4), (True, 4, 8)]
-    b.n_past, a.n_past = 0, 20
-    assert [(c.job is b, c.start) for c in plan([], [a, b], chunk=4, budget=1, group_limit=8).chunks] == [(True, 0)]
+    assert [(c.job is a, c.start, c.end) for c in step.chunks] == [(True, 0, 128), (True, 128, 236)]
+    b.n_past, a.n_past = 0, 300
+    assert [(c.job is b, c.start) for c in plan([], [a, b], chunk=128, budget=1, group_limit=8).chunks] == [(True, 0)]
 
 
 def test_plan_decodes_a_sequence_alone_from_the_extent_where_its_kernel_would_change():
@@ -207,6 +220,6 @@ def test_plan_decodes_a_sequence_alone_from_the_extent_where_its_kernel_would_ch
     seqs = [Seq(slot=s, job=a, index=0, rng=np.random.default_rng(0)) for s in range(4)]
     for s, n_past in zip(seqs, (255, 256, 10, 300)):
         s.n_past = n_past  # the next token goes at position n_past
-    step = plan(seqs, [], chunk=4, budget=8, group_limit=8, alone_from=256)
+    step = plan(seqs, [], chunk=128, budget=8, group_limit=8, alone_from=256)
     assert [[s.slot for s in g] for g in step.groups] == [[0, 2], [1], [3]]
-    assert [[s.slot for s in g] for g in plan(seqs, [], chunk=4, budget=8, group_limit=8).groups] == [[0, 1, 2, 3]]
+    assert [[s.slot for s in g] for g in plan(seqs, [], chunk=128, budget=8, group_limit=8).groups] == [[0, 1, 2, 3]]
