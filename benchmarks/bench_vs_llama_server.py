@@ -8,7 +8,9 @@ How each server is started (printed again with the table):
   at its defaults (PREFIX_CACHE_SLOTS = N_PARALLEL, so its KV is 2 x N_PARALLEL x N_CTX cells).
 - llama-server: `-m MODEL -np N_PARALLEL -c N_PARALLEL*N_CTX -t T -tb T`, nothing else: its users'
   way. That means one KV stream per slot (not unified) and its host-RAM prompt cache (8 GiB).
-  It is built from the llama.cpp tree vendored in the pinned llama-cpp-python sdist.
+  It is built from the llama.cpp tree vendored in the pinned llama-cpp-python sdist. Only where it
+  dies at start (AMX repack on a VM that does not allow AMX tiles) is --no-repack added; the table
+  says so.
 - "before": the engine as it was before per-slot KV streams (git commit BEFORE_COMMIT, checked out
   under .cache/), at its defaults; "deterministic": ours with DETERMINISTIC=1. Both for the HELM row.
 Every row draws new prompts (benchmarks/loads.py) per repetition; the faster repetition counts.
@@ -52,9 +54,24 @@ def before_tree() -> Path:
 
 
 def llama_server(exe: Path, model: Path, args) -> Server:
+    """At its defaults. Only if it dies at start (llama.cpp's default repacks weights for AMX on a CPU
+    that has it; where the VM does not let a process use AMX tiles, the warm-up dies of an illegal
+    instruction) is it started again with --no-repack: weights in plain CPU buffers, as ours keeps
+    them (CPU_REPACK=0). `args.peer_flags` records which, for the table."""
     cmd = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", "{port}", "-np", str(args.parallel),
            "-c", str(args.parallel * args.n_ctx), "-t", str(args.threads), "-tb", str(args.threads)]
-    return Server("llama-server", cmd, {}, "/health")
+    server = None
+    try:
+        server = Server("llama-server", cmd, {}, "/health")
+        generate(server, "warm up", 4)
+        args.peer_flags = ""
+        return server
+    except (RuntimeError, requests.RequestException) as exc:
+        print(f"llama-server at its defaults did not serve ({exc}); again with --no-repack", flush=True)
+        if server is not None:
+            server.stop()
+        args.peer_flags = " --no-repack (it died at its defaults: AMX repack, illegal instruction)"
+        return Server("llama-server", cmd + ["--no-repack"], {}, "/health")
 
 
 def post(url: str, body: dict) -> dict:
@@ -186,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmodel {args.model.name}, {args.threads} threads, N_CTX {args.n_ctx}, N_PARALLEL {args.parallel}, "
           f"best of {args.repeat}")
     print("ours: gunicorn, MODEL_PATH N_THREADS N_CTX N_PARALLEL set, the rest default; llama-server: "
-          f"-np {args.parallel} -c {args.parallel * args.n_ctx} -t {args.threads} -tb {args.threads}, the rest default")
+          f"-np {args.parallel} -c {args.parallel * args.n_ctx} -t {args.threads} -tb {args.threads}{args.peer_flags}, "
+          "the rest default")
     print(f"{'load':<72} {'ours':>9} {'peer':>9} {'ratio':>7}  peer")
     for key, got in results.items():
         peer_names = [n for n in got if n != "ours"]
