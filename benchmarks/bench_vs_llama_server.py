@@ -12,7 +12,9 @@ How each server is started (printed again with the table):
   dies at start (AMX repack on a VM that does not allow AMX tiles) is --no-repack added; the table
   says so.
 - "before": the engine as it was before per-slot KV streams (git commit BEFORE_COMMIT, checked out
-  under .cache/), at its defaults; "deterministic": ours with DETERMINISTIC=1. Both for the HELM row.
+  under .cache/), at its defaults; where those die as llama-server's do (AMX repack), with plain
+  CPU buffers (one line in its llama.py; the table says so); "deterministic": ours with
+  DETERMINISTIC=1. Both for the HELM row.
 Every row draws new prompts (benchmarks/loads.py) per repetition; the faster repetition counts.
 """
 from __future__ import annotations
@@ -46,11 +48,32 @@ def ours(model: Path, args, name: str = "ours", root: Path = ROOT, **env) -> Ser
                   {**base, **env}, "/health", cwd=root)
 
 
-def before_tree() -> Path:
+def before(args) -> Server:
+    """The engine at BEFORE_COMMIT, at its defaults. That commit leaves llama.cpp's extra buffer types
+    on (AMX repack where the CPU has it); where that dies of an illegal instruction, as llama-server
+    does, the worktree gets one line, `mparams.use_extra_bufts = False` (plain CPU buffers, as ours and
+    the peer then run), and starts again. `args.before_flags` records which, for the table."""
     tree = CACHE / f"before-{BEFORE_COMMIT}"
     if not (tree / "app").exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), BEFORE_COMMIT], check=True)
-    return tree
+    source = tree / "app/engine/llama.py"
+    subprocess.run(["git", "-C", str(tree), "checkout", "--", "app/engine/llama.py"], check=True)
+    server = None
+    try:
+        server = ours(args.model, args, "before", tree)
+        post(server.url + "/process", {"prompt": "warm up", "max_new_tokens": 2})
+        args.before_flags = ""
+        return server
+    except (RuntimeError, requests.RequestException) as exc:
+        print(f"the engine before did not serve at its defaults ({exc}); again with plain CPU buffers", flush=True)
+        if server is not None:
+            server.stop()
+    anchor = "        self.model = llama_cpp.llama_model_load_from_file("
+    text = source.read_text()
+    assert anchor in text, f"{source} changed: cannot turn off extra buffer types"
+    source.write_text(text.replace(anchor, "        mparams.use_extra_bufts = False\n" + anchor, 1))
+    args.before_flags = " with use_extra_bufts = False (it died at its defaults: AMX repack, illegal instruction)"
+    return ours(args.model, args, "before", tree)
 
 
 def llama_server(exe: Path, model: Path, args) -> Server:
@@ -191,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         for s in peers:
             s.stop()
     if "helm" in rows:  # ours vs the engine before, vs DETERMINISTIC=1 (llama-server has no echo)
-        for server in (lambda: ours(args.model, args), lambda: ours(args.model, args, "before", before_tree()),
+        for server in (lambda: ours(args.model, args), lambda: before(args),
                        lambda: ours(args.model, args, "deterministic", DETERMINISTIC="1")):
             s = server()
             try:
@@ -205,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     print("ours: gunicorn, MODEL_PATH N_THREADS N_CTX N_PARALLEL set, the rest default; llama-server: "
           f"-np {args.parallel} -c {args.parallel * args.n_ctx} -t {args.threads} -tb {args.threads}{args.peer_flags}, "
           "the rest default")
+    if "helm" in rows:
+        print(f"before: git {BEFORE_COMMIT} at its defaults{args.before_flags}; deterministic: ours with DETERMINISTIC=1")
     print(f"{'load':<72} {'ours':>9} {'peer':>9} {'ratio':>7}  peer")
     for key, got in results.items():
         peer_names = [n for n in got if n != "ours"]
