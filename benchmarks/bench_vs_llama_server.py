@@ -58,16 +58,11 @@ def before(args) -> Server:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), BEFORE_COMMIT], check=True)
     source = tree / "app/engine/llama.py"
     subprocess.run(["git", "-C", str(tree), "checkout", "--", "app/engine/llama.py"], check=True)
-    server = None
-    try:
-        server = ours(args.model, args, "before", tree)
-        post(server.url + "/process", {"prompt": "warm up", "max_new_tokens": 2})
+    server = at_defaults(lambda: ours(args.model, args, "before", tree),
+                         lambda s: post(s.url + "/process", {"prompt": "warm up", "max_new_tokens": 2}), "the engine before")
+    if server is not None:
         args.before_flags = ""
         return server
-    except (RuntimeError, requests.RequestException) as exc:
-        print(f"the engine before did not serve at its defaults ({exc}); again with plain CPU buffers", flush=True)
-        if server is not None:
-            server.stop()
     anchor = "        self.model = llama_cpp.llama_model_load_from_file("
     text = source.read_text()
     assert anchor in text, f"{source} changed: cannot turn off extra buffer types"
@@ -83,18 +78,27 @@ def llama_server(exe: Path, model: Path, args) -> Server:
     them (CPU_REPACK=0). `args.peer_flags` records which, for the table."""
     cmd = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", "{port}", "-np", str(args.parallel),
            "-c", str(args.parallel * args.n_ctx), "-t", str(args.threads), "-tb", str(args.threads)]
-    server = None
-    try:
-        server = Server("llama-server", cmd, {}, "/health")
-        generate(server, "warm up", 4)
+    server = at_defaults(lambda: Server("llama-server", cmd, {}, "/health"), lambda s: generate(s, "warm up", 4),
+                         "llama-server")
+    if server is not None:
         args.peer_flags = ""
         return server
+    args.peer_flags = " --no-repack (it died at its defaults: AMX repack, illegal instruction)"
+    return Server("llama-server", cmd + ["--no-repack"], {}, "/health")
+
+
+def at_defaults(start, warm_up, what: str) -> Server | None:
+    """start(), then warm_up(server): the server; or None, stopped, where it died doing so."""
+    server = None
+    try:
+        server = start()
+        warm_up(server)
+        return server
     except (RuntimeError, requests.RequestException) as exc:
-        print(f"llama-server at its defaults did not serve ({exc}); again with --no-repack", flush=True)
+        print(f"{what} did not serve at its defaults ({exc}); again with plain CPU buffers", flush=True)
         if server is not None:
             server.stop()
-        args.peer_flags = " --no-repack (it died at its defaults: AMX repack, illegal instruction)"
-        return Server("llama-server", cmd + ["--no-repack"], {}, "/health")
+        return None
 
 
 def post(url: str, body: dict) -> dict:
