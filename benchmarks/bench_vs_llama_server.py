@@ -58,17 +58,18 @@ def before(args) -> Server:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), BEFORE_COMMIT], check=True)
     source = tree / "app/engine/llama.py"
     subprocess.run(["git", "-C", str(tree), "checkout", "--", "app/engine/llama.py"], check=True)
-    server = at_defaults(lambda: ours(args.model, args, "before", tree),
-                         lambda s: post(s.url + "/process", {"prompt": "warm up", "max_new_tokens": 2}), "the engine before")
-    if server is not None:
-        args.before_flags = ""
-        return server
-    anchor = "        self.model = llama_cpp.llama_model_load_from_file("
-    text = source.read_text()
-    assert anchor in text, f"{source} changed: cannot turn off extra buffer types"
-    source.write_text(text.replace(anchor, "        mparams.use_extra_bufts = False\n" + anchor, 1))
-    args.before_flags = " with use_extra_bufts = False (it died at its defaults: AMX repack, illegal instruction)"
-    return ours(args.model, args, "before", tree)
+
+    def plain_buffers() -> Server:
+        anchor = "        self.model = llama_cpp.llama_model_load_from_file("
+        text = source.read_text()
+        assert anchor in text, f"{source} changed: cannot turn off extra buffer types"
+        source.write_text(text.replace(anchor, "        mparams.use_extra_bufts = False\n" + anchor, 1))
+        return ours(args.model, args, "before", tree)
+
+    server, died = at_defaults(lambda: ours(args.model, args, "before", tree), warm_up, plain_buffers,
+                               "the engine before")
+    args.before_flags = " with use_extra_bufts = False (it died at its defaults: AMX repack, illegal instruction)" if died else ""
+    return server
 
 
 def llama_server(exe: Path, model: Path, args) -> Server:
@@ -78,27 +79,29 @@ def llama_server(exe: Path, model: Path, args) -> Server:
     them (CPU_REPACK=0). `args.peer_flags` records which, for the table."""
     cmd = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", "{port}", "-np", str(args.parallel),
            "-c", str(args.parallel * args.n_ctx), "-t", str(args.threads), "-tb", str(args.threads)]
-    server = at_defaults(lambda: Server("llama-server", cmd, {}, "/health"), lambda s: generate(s, "warm up", 4),
-                         "llama-server")
-    if server is not None:
-        args.peer_flags = ""
-        return server
-    args.peer_flags = " --no-repack (it died at its defaults: AMX repack, illegal instruction)"
-    return Server("llama-server", cmd + ["--no-repack"], {}, "/health")
+    server, died = at_defaults(lambda: Server("llama-server", cmd, {}, "/health"), lambda s: generate(s, "warm up", 4),
+                               lambda: Server("llama-server", cmd + ["--no-repack"], {}, "/health"), "llama-server")
+    args.peer_flags = " --no-repack (it died at its defaults: AMX repack, illegal instruction)" if died else ""
+    return server
 
 
-def at_defaults(start, warm_up, what: str) -> Server | None:
-    """start(), then warm_up(server): the server; or None, stopped, where it died doing so."""
+def at_defaults(start, warm, fallback, what: str) -> tuple[Server, bool]:
+    """start(), then warm(server): that server and False; where it dies doing so, it is stopped and
+    fallback() starts the other way: that server and True."""
     server = None
     try:
         server = start()
-        warm_up(server)
-        return server
+        warm(server)
+        return server, False
     except (RuntimeError, requests.RequestException) as exc:
         print(f"{what} did not serve at its defaults ({exc}); again with plain CPU buffers", flush=True)
         if server is not None:
             server.stop()
-        return None
+    return fallback(), True
+
+
+def warm_up(server: Server) -> None:
+    post(server.url + "/process", {"prompt": "warm up", "max_new_tokens": 2})
 
 
 def post(url: str, body: dict) -> dict:
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                        lambda: ours(args.model, args, "deterministic", DETERMINISTIC="1")):
             s = server()
             try:
-                post(s.url + "/process", {"prompt": "warm up", "max_new_tokens": 2})
+                warm_up(s)
                 for rep in range(args.repeat):
                     keep("HELM-shaped mix, 32 requests, 16 clients (wall s)", row_helm([s], args, rep))
             finally:
