@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.engine.text import PieceDecoder
+from app.engine.text import PieceDecoder, cut_tokens, find_stop, stop_search_start
 from app.engine.types import GenerationRequest
 
 
@@ -44,6 +44,38 @@ class Seq:
     text: str = ""
     decoder: PieceDecoder = field(default_factory=PieceDecoder)
     finish_reason: str = ""
+
+    def add(self, token: int, record: Record, piece: str) -> int:
+        """Append a generated token and its text; returns the text's length before it."""
+        self.gen.append(token)
+        self.gen_records.append(record)
+        self.gen_texts.append(piece)
+        before = len(self.text)
+        self.text += piece
+        return before
+
+    def ending(self, req: GenerationRequest, before: int) -> str:
+        """Why the sequence ends after its newest token ("stop", cut before the stop sequence;
+        "length"), or "" if it goes on. `before`: the text's length before that token."""
+        if req.stop_sequences:
+            cut = find_stop(self.text, req.stop_sequences, stop_search_start(before, req.stop_sequences))
+            if cut != -1:
+                n_keep, last_text = cut_tokens(self.gen_texts, cut)
+                del self.gen[n_keep:], self.gen_records[n_keep:], self.gen_texts[n_keep:]
+                if n_keep:
+                    self.gen_texts[-1] = last_text
+                self.text = self.text[:cut]
+                return "stop"
+        return "length" if len(self.gen) >= req.max_new_tokens else ""
+
+    def finish(self, reason: str) -> None:
+        """End the sequence; an unfinished character's bytes become U+FFFD unless cut at a stop."""
+        if reason != "stop":
+            tail = self.decoder.flush()
+            if tail and self.gen_texts:
+                self.gen_texts[-1] += tail
+                self.text += tail
+        self.finish_reason = reason
 
 
 @dataclass(eq=False)

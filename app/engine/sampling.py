@@ -149,6 +149,15 @@ def choose_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
     return int(candidates[rng.choice(len(candidates), p=probs)])
 
 
+def score_rows(block: np.ndarray, targets: list[int], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row of raw logits: the logprob of its target id, its top-k ids [rows, k] and their
+    logprobs [rows, k] (float64)."""
+    lse = logsumexp_rows(block)
+    lp = block[np.arange(len(targets)), np.asarray(targets)].astype(np.float64) - lse
+    top = top_k_rows(block, k)
+    return lp, top, np.take_along_axis(block, top, axis=1).astype(np.float64) - lse[:, None]
+
+
 def token_logprob_and_top(
     logits: np.ndarray, token: int, k: int
 ) -> tuple[float, np.ndarray, np.ndarray]:

@@ -18,10 +18,9 @@ from app.engine.errors import EngineError, EngineOverloaded, RequestCancelled
 from app.engine.jobs import Job, Record, Seq
 from app.engine.llama import LlamaModel
 from app.engine.outputs import token_logprob
-from app.engine.sampling import choose_token, log_softmax, logsumexp_rows, token_logprob_and_top, top_k_rows
+from app.engine.sampling import choose_token, log_softmax, score_rows, token_logprob_and_top, top_k_rows
 from app.engine.slots import SlotTable
 from app.engine.step import Chunk, plan
-from app.engine.text import cut_tokens, find_stop, stop_search_start
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +210,10 @@ class Scheduler:
 
     def _score(self, job: Job, rows: list[tuple[int, int]], logits: np.ndarray) -> None:
         """Records of prompt[p + 1] from the logits at position p, ECHO_ROWS rows at a time."""
-        k = job.req.top_k_per_token
         for c in range(0, len(rows), ECHO_ROWS):
             part = rows[c : c + ECHO_ROWS]
             block = logits[part[0][1] : part[-1][1] + 1]  # a view: the rows are contiguous
-            targets = np.array([job.prompt[p + 1] for p, _ in part])
-            lse = logsumexp_rows(block)
-            lp = block[np.arange(len(part)), targets].astype(np.float64) - lse
-            top = top_k_rows(block, k)
-            top_lp = np.take_along_axis(block, top, axis=1).astype(np.float64) - lse[:, None]
+            lp, top, top_lp = score_rows(block, [job.prompt[p + 1] for p, _ in part], job.req.top_k_per_token)
             for j, (p, _) in enumerate(part):
                 job.records[p + 1] = Record(float(lp[j]), top[j], top_lp[j])
 
@@ -254,43 +248,23 @@ class Scheduler:
         if s in self.active:
             self.active.remove(s)
         job.first_token = job.first_token or time.monotonic()
-        lp, top, top_lp = token_logprob_and_top(row, tok, req.top_k_per_token)
+        record = Record(*token_logprob_and_top(row, tok, req.top_k_per_token))
         if self.model.eog[tok]:
             if req.include_eog:  # returned as the last token, text "" (as OpenAI and vLLM do)
-                s.gen.append(tok)
-                s.gen_records.append(Record(lp, top, top_lp))
-                s.gen_texts.append("")
+                s.add(tok, record, "")
             return self._finish_seq(s, "eos")
-        s.gen.append(tok)
-        s.gen_records.append(Record(lp, top, top_lp))
-        before = len(s.text)
-        piece = s.decoder.feed(self.model.pieces[tok])
-        s.gen_texts.append(piece)
-        s.text += piece
+        before = s.add(tok, record, s.decoder.feed(self.model.pieces[tok]))
         if job.progress is not None:
-            job.progress.put((s.index, piece, token_logprob(self.model.pieces, piece, s.gen_records[-1],
-                                                            req.top_k_per_token)))
-        if req.stop_sequences:
-            cut = find_stop(s.text, req.stop_sequences, stop_search_start(before, req.stop_sequences))
-            if cut != -1:
-                n_keep, last_text = cut_tokens(s.gen_texts, cut)
-                del s.gen[n_keep:], s.gen_records[n_keep:], s.gen_texts[n_keep:]
-                if n_keep:
-                    s.gen_texts[-1] = last_text
-                s.text = s.text[:cut]
-                return self._finish_seq(s, "stop")
-        if len(s.gen) >= req.max_new_tokens:
-            return self._finish_seq(s, "length")
+            job.progress.put((s.index, s.gen_texts[-1],
+                              token_logprob(self.model.pieces, s.gen_texts[-1], record, req.top_k_per_token)))
+        reason = s.ending(req, before)
+        if reason:
+            return self._finish_seq(s, reason)
         s.pending = tok
         self.active.append(s)
 
     def _finish_seq(self, s: Seq, reason: str) -> None:
-        if reason != "stop":
-            tail = s.decoder.flush()  # bytes of an unfinished character, as U+FFFD
-            if tail and s.gen_texts:
-                s.gen_texts[-1] += tail
-                s.text += tail
-        s.finish_reason = reason
+        s.finish(reason)
         if all(x.finish_reason for x in s.job.seqs):
             self._finished(s.job)
 
