@@ -175,6 +175,31 @@ def row_helm(servers, args, rep):
     return {s.name: wall(lambda b: post(s.url + "/process", b), bodies, 16) for s in servers}
 
 
+def metric_totals(text: str) -> dict[str, float]:
+    """The vLLM counters (`vllm:..._total`) of a Prometheus text page, labels dropped."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():  # name{labels} value
+        if line.startswith("vllm:") and "_total" in line:
+            out[line.split("{")[0].split(" ")[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def computed_tokens(server: Server) -> int | None:
+    """Prompt tokens the server has computed since it started: all it was sent, less prefix-cache
+    hits, from its /metrics; None for a server without /metrics (the engine before)."""
+    r = requests.get(server.url + "/metrics", timeout=10)
+    if r.status_code == 404:
+        return None
+    r.raise_for_status()
+    total = metric_totals(r.text)
+    return int(total["vllm:prompt_tokens_total"] - total["vllm:prefix_cache_hits_total"])
+
+
+def prompt_floor(server: Server, prompts: list[str]) -> tuple[int, int]:
+    """(tokens, distinct prefixes) of the prompts as the server tokenizes them (loads.prefix_floor)."""
+    return loads.prefix_floor([post(server.url + "/tokenize", {"text": p})["tokens"] for p in prompts])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
@@ -220,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for s in peers:
             s.stop()
+    computed: dict[str, list[int]] = {}  # HELM mix: prompt tokens each server computed, per repetition
+    floor: list[tuple[int, int]] = []  # HELM mix: (tokens sent, distinct prefixes), per repetition
     if "helm" in rows:  # ours vs the engine before, vs DETERMINISTIC=1 (llama-server has no echo)
         for server in (lambda: ours(args.model, args), lambda: before(args),
                        lambda: ours(args.model, args, "deterministic", DETERMINISTIC="1")):
@@ -227,7 +254,13 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 warm_up(s)
                 for rep in range(args.repeat):
+                    before_rep = computed_tokens(s)
                     keep("HELM-shaped mix, 32 requests, 16 clients (wall s)", row_helm([s], args, rep))
+                    if before_rep is not None:
+                        computed.setdefault(s.name, []).append(computed_tokens(s) - before_rep)
+                if not floor:
+                    floor = [prompt_floor(s, [b["prompt"] for b in loads.helm_mix(70_000 + rep)])
+                             for rep in range(args.repeat)]
             finally:
                 s.stop()
     print(f"\nmodel {args.model.name}, {args.threads} threads, N_CTX {args.n_ctx}, N_PARALLEL {args.parallel}, "
@@ -245,11 +278,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{key:<72} {got['ours']:>9.2f} {got[peer]:>9.2f} {ratio:>7.2f}  {peer}")
         if not peer_names:
             print(f"{key:<72} {got['ours']:>9.2f}")
+    for rep, (sent, distinct) in enumerate(floor):
+        print(f"HELM mix, repetition {rep + 1}: {sent} prompt tokens, {distinct} distinct prefixes (the fewest any "
+              "prefix cache computes); computed: " + ", ".join(f"{n} {c[rep]}" for n, c in computed.items()))
     if rss:
         gguf = args.model.stat().st_size / 2**20
         print(f"peak RSS: ours {rss['ours']:.0f} MiB, llama-server {rss['llama-server']:.0f} MiB; budget GGUF "
               f"{gguf:.0f} + KV {kv:.0f} + 250 = {gguf + kv + 250:.0f} MiB")
-    print(json.dumps({"results": results, "peak_rss_mib": rss}))
+    print(json.dumps({"results": results, "peak_rss_mib": rss, "helm_computed_tokens": computed,
+                      "helm_prompt_floor": floor}))
 
 
 if __name__ == "__main__":

@@ -78,3 +78,13 @@ def helm_mix(seed: int) -> list[dict]:
                     "temperature": 0.8, "seed": seed * 10 + k, "top_k_per_token": 5})
     rnd.shuffle(out)
     return out
+
+
+def prefix_floor(token_lists: list[list[int]]) -> tuple[int, int]:
+    """(all tokens, distinct prefixes) of tokenized prompts. The second is the fewest prompt tokens
+    any prefix cache computes for them, in any order: each distinct prefix ends in one token that
+    must be computed once, and a cache that kept everything computes nothing more."""
+    seen: set[tuple[int, ...]] = set()
+    for toks in token_lists:
+        seen.update(tuple(toks[: i + 1]) for i in range(len(toks)))
+    return sum(len(t) for t in token_lists), len(seen)
