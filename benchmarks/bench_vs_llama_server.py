@@ -16,6 +16,8 @@ How each server is started (printed again with the table):
   CPU buffers (one line in its llama.py; the table says so); "deterministic": ours with
   DETERMINISTIC=1. Both for the HELM row.
 Every row draws new prompts (benchmarks/loads.py) per repetition; the faster repetition counts.
+The HELM row also prints the mix's distinct prefixes (the fewest prompt tokens any prefix cache
+computes for it) and the prompt tokens each server computed, read off its /metrics.
 """
 from __future__ import annotations
 
