@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
@@ -178,11 +179,12 @@ def row_helm(servers, args, rep):
 
 
 def metric_totals(text: str) -> dict[str, float]:
-    """The vLLM counters (`vllm:..._total`) of a Prometheus text page, labels dropped."""
+    """The counters (`..._total` samples) of a Prometheus text page, summed over their labels."""
     out: dict[str, float] = {}
-    for line in text.splitlines():  # name{labels} value
-        if line.startswith("vllm:") and "_total" in line:
-            out[line.split("{")[0].split(" ")[0]] = float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
     return out
 
 

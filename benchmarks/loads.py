@@ -84,7 +84,13 @@ def prefix_floor(token_lists: list[list[int]]) -> tuple[int, int]:
     """(all tokens, distinct prefixes) of tokenized prompts. The second is the fewest prompt tokens
     any prefix cache computes for them, in any order: each distinct prefix ends in one token that
     must be computed once, and a cache that kept everything computes nothing more."""
-    seen: set[tuple[int, ...]] = set()
+    trie: dict = {}  # token -> the trie of what follows it
+    distinct = 0
     for toks in token_lists:
-        seen.update(tuple(toks[: i + 1]) for i in range(len(toks)))
-    return sum(len(t) for t in token_lists), len(seen)
+        node = trie
+        for t in toks:
+            if t not in node:
+                node[t] = {}
+                distinct += 1
+            node = node[t]
+    return sum(len(t) for t in token_lists), distinct
