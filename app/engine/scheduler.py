@@ -19,7 +19,7 @@ from app.engine.jobs import Job, Record, Seq
 from app.engine.llama import LlamaModel
 from app.engine.outputs import token_logprob
 from app.engine.sampling import choose_token, log_softmax, score_rows, token_logprob_and_top, top_k_rows
-from app.engine.slots import SlotTable
+from app.engine.slots import SlotTable, heads
 from app.engine.step import Chunk, plan
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,9 @@ class Scheduler:
             for s in self.table.slots:
                 self.table.release(s, keep=False)
                 self.model.seq_rm(s.id)
-        placed = self.table.place(job, echo_top_k=req.top_k_per_token if req.echo_prompt else 0)
+        with self._cv:  # the entries that jobs waiting in line will reuse stay
+            upcoming = heads((j.prompt for j in self.waiting), self.table.chunk)
+        placed = self.table.place(job, echo_top_k=req.top_k_per_token if req.echo_prompt else 0, upcoming=upcoming)
         if placed is None:
             return False
         job.admitted = time.monotonic()

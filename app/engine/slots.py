@@ -9,7 +9,9 @@ is the table's floor when it was last used plus the prompt tokens it would spare
 reuses it; the lowest goes, net of the tokens another slot holds too (of two copies of a prefix,
 one spares nothing), and the floor rises to its priority. Among entries of one size this is
 least-recently-used; a 700-token few-shot prefix outlives several 100-token one-off prompts that
-came after it, but not forever (each eviction raises the floor).
+came after it, but not forever (each eviction raises the floor). Priority sees only the past: an
+entry that a prompt waiting in line will reuse (its first chunk opens that prompt) goes only after
+every entry none of them will.
 
 Every computed prompt token is reusable, up to the point `step.resume_point` allows: every batch
 of a prompt has the kernel class of the prompt's fresh run (64+ rows for a prompt of 64+ tokens), so
@@ -19,7 +21,7 @@ time, other kernels) are never reused. This module is pure bookkeeping; the sche
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -64,6 +66,11 @@ class Placement:
     slots: list[Slot]
     source: Slot | None  # None: nothing reused; the lead itself: reused in place, no copy
     n_reused: int  # prompt tokens whose KV comes from the source (from step.resume_point)
+
+
+def heads(prompts: Iterable[Sequence[int]], chunk: int) -> set[tuple[int, ...]]:
+    """The first `chunk` tokens of each prompt longer than that: what `SlotTable.place` protects."""
+    return {tuple(p[:chunk]) for p in prompts if len(p) > chunk}
 
 
 class SlotTable:
@@ -120,8 +127,10 @@ class SlotTable:
                 return True
         return False
 
-    def place(self, job: Job, *, echo_top_k: int = 0) -> Placement | None:
-        """Choose the slots for a job, or None if too few are idle. Takes them (owner = job)."""
+    def place(self, job: Job, *, echo_top_k: int = 0, upcoming: Collection[tuple[int, ...]] = frozenset()) -> Placement | None:
+        """Choose the slots for a job, or None if too few are idle. Takes them (owner = job).
+        `upcoming`: the first `chunk` tokens of each prompt waiting in line (`heads`); an entry that
+        one of them will reuse is evicted only after every entry none of them will."""
         n = job.n_slots
         idle = self.idle
         if len(idle) < n:
@@ -139,11 +148,12 @@ class SlotTable:
         while len(chosen) < n:
             s = next((s for s in others if not s.n_valid), None)  # an empty slot first
             if s is None:
-                # The entry of lowest priority net of the tokens another slot holds too: one of two
-                # copies of a prefix spares nothing the other does not.
-                worth = {s: s.priority - self._held_elsewhere(s) for s in others}
-                s = min(others, key=lambda s: (worth[s], s.id))
-                self.floor = max(self.floor, worth[s])  # an entry evicted
+                # The entry of lowest priority net of the tokens another slot holds too (one of two
+                # copies of a prefix spares nothing the other does not), after every entry that
+                # neither a waiting prompt will reuse nor another slot holds.
+                held = {s: self._held_elsewhere(s) for s in others}
+                s = min(others, key=lambda s: (self._wanted(s, upcoming, held[s]), s.priority - held[s], s.id))
+                self.floor = max(self.floor, s.priority - held[s])  # an entry evicted
             others.remove(s)
             s.tokens, s.records, s.n_valid = [], [], 0
             chosen.append(s)
@@ -152,6 +162,13 @@ class SlotTable:
         if source is not None:
             self._keep(source)
         return Placement(slots=chosen, source=source, n_reused=n_reused)
+
+    def _wanted(self, s: Slot, upcoming: Collection[tuple[int, ...]], held: int) -> bool:
+        """Whether the entry's first chunk of tokens opens a prompt waiting in line and no other
+        slot holds that chunk: a hit already in the queue (the prompt will reuse a chunk or more
+        from this entry alone), which the entry's priority cannot see."""
+        c = self.chunk
+        return held < c <= s.n_valid and tuple(s.tokens[:c]) in upcoming
 
     def _held_elsewhere(self, s: Slot) -> int:
         """How many of s's cached tokens another slot holds as well: an idle entry, or the prompt a

@@ -2,7 +2,7 @@
 import numpy as np
 
 from app.engine.jobs import Job, Record, Seq
-from app.engine.slots import SlotTable, common_prefix
+from app.engine.slots import SlotTable, common_prefix, heads
 from app.engine.step import KERNEL_ROW_STEPS, ROW_GROUP, min_rows, next_chunk, plan, resume_point
 from app.engine.types import GenerationRequest
 
@@ -128,6 +128,45 @@ def test_eviction_keeps_a_long_prefix_past_short_one_off_prompts_but_not_forever
     assert same.slots[a].n_valid == 8 and same.slots[b].n_valid == 8
     run(same, [4] * 8)
     assert same.slots[a].tokens == [4] * 8 and same.slots[b].tokens == [2] * 8
+
+
+def test_an_entry_that_a_waiting_prompt_will_reuse_goes_after_every_other():
+    """Evicting old long entries raises the floor past a subject prefix cached since: by priority
+    it goes before the short one-off prompts cached after it. Its subject's next question, waiting
+    in line, keeps it (a hit already in the queue)."""
+    subject = list(range(700))
+    question = subject + [-1] * 100
+    shorts = [[1000 + 100 * i + k for k in range(100)] for i in range(8)]
+
+    def table(upcoming):
+        t = SlotTable(4, chunk=128)  # the prefix goes into the empty slot; then the old ones go
+        for s, base in zip(t.slots, (10_000, 20_000, 30_000)):  # an earlier run's long entries
+            s.tokens, s.n_valid, s.priority = list(range(base, base + 800)), 800, 800
+        p = t.place(job(subject + [-2] * 120), upcoming=upcoming)
+        t.computed(p.slots[0], p.slots[0].owner.prompt, 820, [])
+        t.release(p.slots[0], keep=True)
+        for prompt in shorts:
+            p = t.place(job(prompt), upcoming=upcoming)
+            t.computed(p.slots[0], list(prompt), 100, [])
+            t.release(p.slots[0], keep=True)
+        return t
+
+    assert table(frozenset()).reusable(question)[1] == 0  # priority alone: the prefix went
+    waiting = heads([question, shorts[0][:50]], 128)  # a short prompt has no whole chunk to protect
+    assert waiting == {tuple(subject[:128])}
+    t = table(waiting)
+    assert t.reusable(question)[1] == 700
+    assert sum(1 for s in t.slots if s.n_valid == 100) == 3  # the shorts took turns in the others
+    twice = SlotTable(3, chunk=128)  # the prefix cached twice: one copy goes before a prefix held once
+    other = list(range(50_000, 50_700))
+    for s, tokens, prio in zip(twice.slots, (subject + [-3] * 50, subject + [-4] * 60, other), (900, 910, 800)):
+        s.tokens, s.n_valid, s.priority = tokens, len(tokens), prio
+    gone = twice.place(job(shorts[0]), upcoming=waiting).slots[0]
+    assert gone.id in (0, 1) and twice.slots[2].tokens == other
+    assert twice.place(job(shorts[1]), upcoming=waiting).slots[0] is twice.slots[2]  # the last copy: wanted
+    everyone = SlotTable(1, chunk=128)  # nothing else to evict: a wanted entry still goes
+    everyone.slots[0].tokens, everyone.slots[0].n_valid = subject, 700
+    assert everyone.place(job(shorts[0]), upcoming=waiting).slots[0].n_valid == 0
 
 
 def test_of_two_copies_of_a_prefix_one_goes_before_a_prefix_held_once():
