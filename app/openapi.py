@@ -119,7 +119,8 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             ok["content"] = content(r.response, "serialization")
         if r.stream is not None:  # each server-sent event: `data:` a JSON chunk, or "[DONE]" last
             chunk = {"$ref": REF.format(model=add(r.stream, "serialization"))}
-            data = {"type": "string", "contentMediaType": "application/json", "contentSchema": chunk,
+            data = {"anyOf": [{"type": "string", "contentMediaType": "application/json", "contentSchema": chunk},
+                              {"const": "[DONE]"}],
                     "description": "A JSON-encoded chunk, or [DONE] at the end"}
             ok["content"]["text/event-stream"] = {"schema": {
                 "type": "object", "required": ["data"],
