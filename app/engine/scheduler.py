@@ -165,8 +165,9 @@ class Scheduler:
                 self.table.release(s, keep=False)
                 self.model.seq_rm(s.id)
         with self._cv:  # the entries that jobs waiting in line will reuse stay
-            upcoming = heads((j.prompt for j in self.waiting), self.table.chunk)
-        placed = self.table.place(job, echo_top_k=req.top_k_per_token if req.echo_prompt else 0, upcoming=upcoming)
+            waiting = [j.prompt for j in self.waiting]
+        placed = self.table.place(job, echo_top_k=req.top_k_per_token if req.echo_prompt else 0,
+                                  upcoming=heads(waiting, self.table.chunk))
         if placed is None:
             return False
         job.admitted = time.monotonic()
