@@ -156,7 +156,7 @@ def row_gen(servers, args, rep):
     out = {}
     for s in servers:
         prompts = loads.mmlu(50_000 + rep, subjects=4, n=16)
-        out[s.name] = wall(lambda p: generate(s, p, 64, ["\n\n"]), prompts, 4)
+        out[s.name] = wall(lambda p: generate(s, p, 64, ["\n\n"]), prompts, args.parallel)
     return out
 
 
@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
                         keep(f"MMLU-shaped, {subjects} subjects, {clients} clients (wall s)",
                              row_mmlu(peers, args, rep, subjects, clients))
             if "gen" in rows:
-                keep("generation: 5-shot prefix + question, 64 tokens, 4 clients (wall s)", row_gen(peers, args, rep))
+                keep(f"generation: 5-shot prefix + question, 64 tokens, {args.parallel} clients (wall s)",
+                     row_gen(peers, args, rep))
         rss = {s.name: peak_rss_mib(s.proc.pid) for s in peers}
     finally:
         for s in peers:

@@ -33,7 +33,8 @@ class Scheduler:
     def __init__(self, model: LlamaModel, settings: Settings) -> None:
         self.model = model
         self.settings = settings
-        self.table = SlotTable(model.n_slots, chunk=settings.chunk_tokens, reuse=settings.reuse_prefixes)
+        self.table = SlotTable(model.n_slots, chunk=settings.chunk_tokens, reuse=settings.reuse_prefixes,
+                               region=min(settings.n_parallel, model.n_slots))
         self.waiting: deque[Job] = deque()
         self.jobs: list[Job] = []  # admitted, not finished
         self.active: list[Seq] = []  # sequences with a token to decode
@@ -164,20 +165,19 @@ class Scheduler:
             for s in self.table.slots:
                 self.table.release(s, keep=False)
                 self.model.seq_rm(s.id)
-        with self._cv:  # the entries that jobs waiting in line will reuse stay
-            waiting = [j.prompt for j in self.waiting]
         placed = self.table.place(job, echo_top_k=req.top_k_per_token if req.echo_prompt else 0,
-                                  upcoming=heads(waiting, self.table.chunk))
+                                  upcoming=self._upcoming(), decoding={s.slot for s in self.active})
         if placed is None:
             return False
         job.admitted = time.monotonic()
         self.jobs.append(job)  # from here on a failure releases the slots through _fail
-        job.seqs = [Seq(slot=s.id, job=job, index=k, rng=np.random.default_rng([job.rng_seed, k]))
-                    for k, s in enumerate(placed.slots)]
-        lead, n = placed.slots[0], placed.n_reused
-        for s in placed.slots:
-            if s is not placed.source:
-                self.model.seq_rm(s.id)
+        lead, n = placed.slot, placed.n_reused
+        self._move(placed.moves)
+        # Samples after the first get their slots when the prompt is done (_begin_generation).
+        job.seqs = [Seq(slot=lead.id if k == 0 else -1, job=job, index=k, rng=np.random.default_rng([job.rng_seed, k]))
+                    for k in range(job.n_slots)]
+        if lead is not placed.source:
+            self.model.seq_rm(lead.id)
         if placed.source is not None and placed.source is not lead:
             self.model.copy_stream(placed.source.id, lead.id)
         if n:
@@ -220,13 +220,36 @@ class Scheduler:
             for j, (p, _) in enumerate(part):
                 job.records[p + 1] = Record(float(lp[j]), top[j], top_lp[j])
 
+    def _upcoming(self) -> set[tuple[int, ...]]:
+        """The first chunk of every prompt waiting in line: the entries they will reuse stay."""
+        if not self.table.reuse:
+            return set()
+        with self._cv:
+            waiting = [j.prompt for j in self.waiting]
+        return heads(waiting, self.table.chunk)
+
     def _begin_generation(self, job: Job, row: np.ndarray) -> None:
-        """The prompt is in: every other sample gets a copy of the lead's KV, then all draw."""
-        for s in job.seqs[1:]:
-            self.model.copy_stream(job.lead.slot, s.slot)
-            s.n_past = job.lead.n_past
+        """The prompt is in. A job that will decode takes its decode slots, next to the sequences
+        decoding already, each a copy of the prompt's KV stream; then every sample draws."""
+        if job.req.max_new_tokens > 1:
+            home = job.lead.slot
+            slots, moves = self.table.decode_slots(job, len(job.seqs), decoding={s.slot for s in self.active},
+                                                   upcoming=self._upcoming())
+            self._move(moves)
+            for s, slot in zip(job.seqs, slots):
+                if slot.id != home:
+                    self.model.seq_rm(slot.id)
+                    self.model.copy_stream(home, slot.id)
+                s.slot, s.n_past = slot.id, job.n_past
         for s in job.seqs:
             self._sample(s, row)
+
+    def _move(self, moves) -> None:
+        """Copy cache entries out of the way: each (from, to) slot pair, in order (llama.cpp runs
+        the queued stream copies in the order they were asked for, at the next llama_decode)."""
+        for src, dst in moves:
+            self.model.seq_rm(dst.id)
+            self.model.copy_stream(src.id, dst.id)
 
     def _decode(self, group: list[Seq]) -> None:
         try:

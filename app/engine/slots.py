@@ -13,6 +13,17 @@ came after it, but not forever (each eviction raises the floor). Priority sees o
 entry that a prompt waiting in line will reuse (its first chunk opens that prompt) goes only after
 every entry none of them will.
 
+Where a sample decodes: llama.cpp computes a step's sequences in one batch only where their ids
+are consecutive (per-stream KV views span a range of streams); scattered ids split a step into one
+batch per run, each paying the whole weight pass (measured: 8 decoding sequences on 8 scattered
+slots took 1.8-2x as long per step as on 8 consecutive ones). So the lowest N_PARALLEL slots are
+the decode region. A prompt that will decode is computed in a region slot next to the sequences
+decoding, and its first sample decodes there; one that will not goes outside the region first.
+Samples that are not where their prompt was computed (a prefix reused in place outside the region,
+samples after the first) get region slots next to the decoding ones by a KV stream copy
+(`decode_slots`); the slot that computed the prompt keeps it as a cache entry. An entry in a
+region slot that is needed moves out to the slot eviction would free (`_make_room`).
+
 Every computed prompt token is reusable, up to the point `step.resume_point` allows: every batch
 of a prompt has the kernel class of the prompt's fresh run (64+ rows for a prompt of 64+ tokens), so
 a reused token's KV is bit-identical to a fresh computation. Generated tokens (decoded one at a
@@ -38,7 +49,7 @@ class Slot:
     n_valid: int = 0  # positions 0..n_valid-1 hold KV of `tokens`, computed canonically
     records: list[Record | None] = field(default_factory=list)  # records[i] scores tokens[i] (echo)
     owner: Job | None = None  # the running job using this slot; None: idle (a cache entry if tokens)
-    lead: bool = False  # runs its owner's first sample (the one that computes the prompt)
+    lead: bool = False  # computes its owner's prompt (and decodes its first sample, if that stays here)
     priority: int = 0  # GreedyDual-Size: the table's floor when last used or shared, + n_valid
 
     def scored_prefix(self, k: int) -> int:
@@ -61,11 +72,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 @dataclass
 class Placement:
-    """Where a new job runs: its slots (lead first), the slot to copy a prefix from, how much."""
+    """Where a new job computes its prompt: the lead slot, the slot to copy a prefix from, how much,
+    and the cache entries to move out of the way first ((from, to) stream copies, in order)."""
 
-    slots: list[Slot]
+    slot: Slot
     source: Slot | None  # None: nothing reused; the lead itself: reused in place, no copy
     n_reused: int  # prompt tokens whose KV comes from the source (from step.resume_point)
+    moves: list[tuple[Slot, Slot]] = field(default_factory=list)
 
 
 def heads(prompts: Iterable[Sequence[int]], chunk: int) -> set[tuple[int, ...]]:
@@ -76,11 +89,13 @@ def heads(prompts: Iterable[Sequence[int]], chunk: int) -> set[tuple[int, ...]]:
 class SlotTable:
     """The slots, the reuse decisions and the least-recently-used order of idle slots."""
 
-    def __init__(self, n_slots: int, *, chunk: int, reuse: bool = True) -> None:
+    def __init__(self, n_slots: int, *, chunk: int, reuse: bool = True, region: int | None = None) -> None:
         assert n_slots >= 1 and chunk >= 1
         self.slots = [Slot(id=i) for i in range(n_slots)]
         self.chunk = chunk
         self.reuse = reuse
+        self.region = n_slots if region is None else region  # slots [0, region) are where samples decode
+        assert 1 <= self.region <= n_slots
         self.floor = 0  # the priority of the last entry evicted (GreedyDual's inflation value)
 
     def _keep(self, s: Slot) -> None:
@@ -127,41 +142,106 @@ class SlotTable:
                 return True
         return False
 
-    def place(self, job: Job, *, echo_top_k: int = 0, upcoming: Collection[tuple[int, ...]] = frozenset()) -> Placement | None:
-        """Choose the slots for a job, or None if too few are idle. Takes them (owner = job).
+    def place(self, job: Job, *, echo_top_k: int = 0, upcoming: Collection[tuple[int, ...]] = frozenset(),
+              decoding: Collection[int] = frozenset()) -> Placement | None:
+        """Choose the slot a job computes its prompt in, or None if none is idle. Takes it (owner =
+        job); its samples get their decode slots when the prompt is done (`decode_slots`).
         `upcoming`: the first `chunk` tokens of each prompt waiting in line (`heads`); an entry that
-        one of them will reuse is evicted only after every entry none of them will."""
-        n = job.n_slots
+        one of them will reuse is evicted only after every entry none of them will. `decoding`: the
+        slots of the sequences decoding now."""
         idle = self.idle
-        if len(idle) < n:
+        if not idle:
             return None
         source, n_reused = self.reusable(job.prompt, echo_top_k=echo_top_k)
         if n_reused == 0:
             source = None
         others = [s for s in idle if s is not source]
-        chosen: list[Slot] = []
-        if source is not None and source.owner is None and (2 * n_reused >= source.n_valid or len(others) < n):
+        moves: list[tuple[Slot, Slot]] = []
+        if source is not None and source.owner is None and (2 * n_reused >= source.n_valid or not others):
             # Reuse in place (the lead runs in the slot that holds the prefix) when the prompt
             # continues most of that entry; otherwise the entry stays cached and is copied from, so
             # a short shared start (a common instruction line) never evicts another subject's prefix.
-            chosen.append(source)
-        while len(chosen) < n:
-            s = next((s for s in others if not s.n_valid), None)  # an empty slot first
-            if s is None:
-                # The entry of lowest priority net of the tokens another slot holds too (one of two
-                # copies of a prefix spares nothing the other does not), after every entry that
-                # neither a waiting prompt will reuse nor another slot holds.
-                held = {s: self._held_elsewhere(s) for s in others}
-                s = min(others, key=lambda s: (self._wanted(s, upcoming, held[s]), s.priority - held[s], s.id))
-                self.floor = max(self.floor, s.priority - held[s])  # an entry evicted
-            others.remove(s)
-            s.tokens, s.records, s.n_valid = [], [], 0
-            chosen.append(s)
-        for s in chosen:
-            s.owner, s.lead = job, s is chosen[0]
+            lead = source
+        elif job.req.max_new_tokens > 1 and any(s.id < self.region for s in others):
+            # A job that will decode computes its prompt in the region, next to the sequences
+            # decoding, so that its first sample decodes where the prompt is: an empty slot, else
+            # one whose entry moves out to where eviction would make room (`_make_room`).
+            near = lambda s: s.id - 1 not in decoding and s.id + 1 not in decoding  # noqa: E731
+            lead = min((s for s in others if s.id < self.region),
+                       key=lambda s: (bool(s.n_valid), near(s), self._eviction_key(s, upcoming)))
+            moves += self._make_room(lead, upcoming, keep_out={source})
+        else:
+            # An empty slot first, outside the region where there is one (region slots stay free for
+            # samples); else the entry of lowest priority net of the tokens another slot holds too
+            # (one of two copies of a prefix spares nothing the other does not), after every entry
+            # that neither a waiting prompt will reuse nor another slot holds.
+            lead = min(others, key=lambda s: (bool(s.n_valid), not s.n_valid and s.id < self.region, self._eviction_key(s, upcoming)))
+            self._evict(lead)
+        lead.owner, lead.lead = job, True
         if source is not None:
             self._keep(source)
-        return Placement(slots=chosen, source=source, n_reused=n_reused)
+        return Placement(slot=lead, source=source, n_reused=n_reused, moves=moves)
+
+    def decode_slots(self, job: Job, n: int, *, decoding: Collection[int],
+                     upcoming: Collection[tuple[int, ...]] = frozenset()) -> tuple[list[Slot], list[tuple[Slot, Slot]]]:
+        """The region slots the job's n samples decode in (first sample first; takes them), and the
+        cache entries to move out of them first, as (from, to) stream copies in order.
+
+        Samples go to idle region slots or the job's lead (when it lies in the region), one at a
+        time, preferring a slot next to one in `decoding` or already chosen (every extra run of ids
+        is one more batch in every step they decode: a whole extra pass over the weights), then
+        the lead (no copy), then an empty one, then the one eviction would pick. The lead, if not
+        chosen, is released and keeps its prompt."""
+        lead = next(s for s in self.slots if s.owner is job and s.lead)
+        taken = set(decoding)
+        chosen: list[Slot] = []
+        moves: list[tuple[Slot, Slot]] = []
+        for _ in range(n):
+            free = [s for s in self.slots[: self.region] if s.owner in (None, job) and s not in chosen]
+            if not free:  # cannot happen while running samples are at most the region's size
+                raise RuntimeError(f"no decode slot free for a job of {n} samples")
+            s = min(free, key=lambda s: (s.id - 1 not in taken and s.id + 1 not in taken, s is not lead,
+                                         bool(s.n_valid), self._eviction_key(s, upcoming)))
+            if s is not lead:
+                moves += self._make_room(s, upcoming, keep_out={lead} | {dst for _, dst in moves})
+            chosen.append(s)
+            taken.add(s.id)
+        if lead in chosen:  # the first sample stays where the prompt is
+            chosen.remove(lead)
+            chosen.insert(0, lead)
+        else:
+            self.release(lead, keep=True)
+        for s in chosen:
+            if s is not lead:
+                s.owner, s.lead = job, False
+        return chosen, moves
+
+    def _make_room(self, s: Slot, upcoming: Collection[tuple[int, ...]], *, keep_out: Collection[Slot]) -> list[tuple[Slot, Slot]]:
+        """Empty the idle slot s. Its entry moves to the idle slot outside the region that eviction
+        would pick (not one in `keep_out`), which loses its own, when that one goes before s's;
+        otherwise s's entry is evicted. So the cache loses what it would lose anyway, at the price
+        of one stream copy. Returns the move, if any."""
+        out = [v for v in self.slots[self.region :] if v.owner is None and v is not s and v not in keep_out]
+        victim = min(out + [s], key=lambda v: self._eviction_key(v, upcoming)) if s.n_valid else s
+        self._evict(victim)
+        if victim is s:
+            return []
+        victim.tokens, victim.records, victim.n_valid, victim.priority = s.tokens, s.records, s.n_valid, s.priority
+        s.tokens, s.records, s.n_valid = [], [], 0
+        return [(s, victim)]
+
+    def _evict(self, s: Slot) -> None:
+        """Drop an idle slot's entry; the floor rises to its priority (GreedyDual's inflation)."""
+        if s.n_valid:
+            self.floor = max(self.floor, s.priority - self._held_elsewhere(s))
+        s.tokens, s.records, s.n_valid = [], [], 0
+
+    def _eviction_key(self, s: Slot, upcoming: Collection[tuple[int, ...]]) -> tuple:
+        """Which idle slot goes first: an empty one, then the entries as `place` evicts them."""
+        if not s.n_valid:
+            return (False, float("-inf"), s.id)
+        held = self._held_elsewhere(s)
+        return (self._wanted(s, upcoming, held), s.priority - held, s.id)
 
     def _wanted(self, s: Slot, upcoming: Collection[tuple[int, ...]], held: int) -> bool:
         """Whether the entry's first chunk of tokens opens a prompt waiting in line and no other

@@ -108,8 +108,9 @@ def test_eviction_of_a_shared_source_does_not_touch_the_copy(make):
     others = [job([50 + i] + [51] * 99, max_new=2) for i in range(4)]
     got = run(sched, a, b, *others)
     assert got[1].n_cached_tokens == 128
-    assert ("copy", (a.lead.slot, b.lead.slot)) in sched.model.calls  # copied from a running job
-    a_slot = sched.table.slots[a.lead.slot]
+    a_home = next(c[1][0] for c in sched.model.calls if c[0] == "decode" and len(c[1]) > 1)  # A's prompt's slot
+    assert any(c[0] == "copy" and c[1][0] == a_home for c in sched.model.calls)  # B copied from a running job
+    a_slot = sched.table.slots[a_home]
     assert a_slot.tokens[:128] != shared  # A's prefix was evicted
     ref = run(make(prefix_reuse=False), job(shared + q(1), max_new=40))[0]
     assert tokens_of(got[1]) == tokens_of(ref)
@@ -122,7 +123,33 @@ def test_n_samples_share_the_prompt_and_draw_their_own_streams(make):
     again = run(make(), job(P, n=2, max_new=6, seed=3))[0]
     assert [c.text for c in r.completions] == [c.text for c in again.completions]
     assert r.completions[0].text != r.completions[1].text  # each sample has its own random stream
-    assert sum(1 for c in sched.model.calls if c[0] == "copy") == 1  # the lead's KV copied to sample 2
+    # The prompt was computed in the decode region (slots 0 and 1), since the job decodes: the first
+    # sample decodes where the prompt is, the second beside it, a copy; the prompt stays cached.
+    copies = [c[1] for c in sched.model.calls if c[0] == "copy"]
+    assert copies == [(0, 1)] and sched.table.slots[0].tokens == P
+
+
+def test_decoding_sequences_share_consecutive_slots_and_match_a_lone_run(make):
+    # llama.cpp batches only consecutive sequence ids: every decode step stays in the region
+    # (slots 0..3), one run of ids, whichever slots the prompts were computed in.
+    sched = make(n_parallel=4, prefix_cache_slots=4, max_num_samples=2)
+    run(sched, *[job([90 + i] * 80, max_new=2) for i in range(4)])  # entries all over the slots
+    jobs = [job(P + q(i), max_new=16) for i in range(2)] + [job(P[:100], n=2, max_new=16, seed=5)]
+    sched.model.calls.clear()
+    got = run(sched, *jobs)
+    calls = [c[1] for c in sched.model.calls if c[0] == "decode"]
+    steps = [ids for ids in calls if len(set(ids)) == len(ids)]  # one token per sequence
+    assert steps and all(set(ids) <= {0, 1, 2, 3} for ids in steps)
+    # While a prompt is still computed in a region slot, a step may have a hole there; once every
+    # prompt is in, each step is one run of consecutive ids.
+    last_prompt = max(i for i, ids in enumerate(calls) if len(set(ids)) < len(ids))
+    after = [ids for ids in calls[last_prompt + 1 :] if len(ids) > 1]
+    assert len(after) >= 5 and all(max(ids) - min(ids) + 1 == len(ids) for ids in after), after
+    alone = [run(make(prefix_reuse=False, n_parallel=4, prefix_cache_slots=4, max_num_samples=2), j)[0]
+             for j in [job(P + q(i), max_new=16) for i in range(2)] + [job(P[:100], n=2, max_new=16, seed=5)]]
+    assert [[c.text for c in r.completions] for r in got] == [[c.text for c in r.completions] for r in alone]
+    assert [tokens_of(r) for r in got] == [tokens_of(r) for r in alone]
+    assert all_idle(sched)
 
 
 @pytest.mark.parametrize("stage", ["place", "start", "decode", "chunk"])

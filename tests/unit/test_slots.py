@@ -82,21 +82,89 @@ def test_placement_reuses_in_place_then_takes_empty_then_lowest_priority():
     t = SlotTable(4, chunk=128)
     t.slots[2].tokens, t.slots[2].n_valid, t.slots[2].priority = list(range(80)), 80, 80
     t.slots[3].tokens, t.slots[3].n_valid, t.slots[3].priority = [50, 51, 52, 53], 4, 4
-    p = t.place(job(list(range(200)), n=2))
-    assert [s.id for s in p.slots] == [2, 0] and p.source is t.slots[2] and p.n_reused == 80
-    assert p.slots[0].lead and not p.slots[1].lead
-    q = t.place(job([7, 7, 7, 7, 7], n=2))  # slot 1 is empty; slot 3 (a cache entry) is evicted
-    assert [s.id for s in q.slots] == [1, 3] and q.source is None and t.slots[3].n_valid == 0
+    p = t.place(job(list(range(200)), n=2))  # a job takes one slot for its prompt, whatever its samples
+    assert p.slot.id == 2 and p.source is t.slots[2] and p.n_reused == 80 and p.slot.lead
+    assert [s.owner is not None for s in t.slots] == [False, False, True, False]
+    q = t.place(job([7, 7, 7, 7, 7]))  # an empty slot first
+    assert q.slot.id == 0 and q.source is None
+    t.place(job([8] * 5))
+    r = t.place(job([9] * 5))  # no empty slot left: slot 3 (a cache entry) is evicted
+    assert r.slot.id == 3 and t.slots[3].n_valid == 0
     assert t.floor == 4  # the evicted entry's priority
     assert t.place(job([1, 2])) is None  # nothing idle
 
 
+def test_an_empty_slot_outside_the_decode_region_first_for_a_prompt_that_will_not_decode():
+    t = SlotTable(4, chunk=128, region=2)
+    assert t.place(job([1] * 5, max_new=1)).slot.id == 2
+    assert t.place(job([2] * 5, max_new=0, echo=True)).slot.id == 3
+    assert t.place(job([3] * 5, max_new=1)).slot.id == 0  # then the region's
+    t2 = SlotTable(4, chunk=128, region=2)
+    assert t2.place(job([1] * 5, max_new=2)).slot.id == 0  # one that will: the region's first
+
+
+def prefilled(t, prompt, decoding=frozenset(), **kw):
+    """Place a job and compute its whole prompt in its lead slot."""
+    j = job(prompt, **kw)
+    p = t.place(j, decoding=decoding)
+    t.computed(p.slot, list(prompt), len(prompt), [])
+    return j, p.slot
+
+
+def test_samples_decode_next_to_the_decoding_sequences_and_entries_move_out_of_the_way():
+    t = SlotTable(8, chunk=4, region=4)
+    for i, prio in zip((4, 5, 6, 7), (8, 10, 11, 12)):  # entries outside the region
+        t.slots[i].tokens, t.slots[i].n_valid, t.slots[i].priority = [100 + i] * 8, 8, prio
+    for i in (1, 2, 3):  # and in it, of higher priority
+        t.slots[i].tokens, t.slots[i].n_valid, t.slots[i].priority = [200 + i] * 8, 8, 20 + i
+    a, home = prefilled(t, [1] * 12)
+    assert home.id == 0  # the only empty slot
+    assert t.decode_slots(a, 1, decoding=set()) == ([home], []) and home.lead  # in the region: no copy
+    b = job([2] * 12)
+    placed = t.place(b, decoding={0})
+    # a prompt that will decode goes to the region, next to slot 0; the entry there moves to where
+    # eviction makes room (slot 4, priority 8)
+    assert placed.slot.id == 1 and [(x.id, y.id) for x, y in placed.moves] == [(1, 4)]
+    assert t.slots[4].tokens == [201] * 8 and t.slots[4].priority == 21 and t.floor == 8
+    t.computed(placed.slot, b.prompt, 12, [])
+    got, moves = t.decode_slots(b, 2, decoding={0})
+    assert [s.id for s in got] == [1, 2]  # the first sample where its prompt is, the second next to it
+    assert [(x.id, y.id) for x, y in moves] == [(2, 5)] and t.slots[5].tokens == [202] * 8 and t.floor == 10
+    assert got[0].lead and not got[1].lead and got[1].owner is b and got[1].n_valid == 0
+    t.slots[6].priority = 30  # slot 7 (12) is now the lowest outside
+    c, home_c = prefilled(t, [3] * 12, max_new=1)  # one that will not decode: the lowest entry anywhere
+    assert home_c.id == 7 and t.floor == 12
+    d = job([4] * 12)
+    placed = t.place(d, decoding={0, 1, 2})  # next to slot 2; slot 3's entry (23) evicts slot 4's (21)
+    assert placed.slot.id == 3 and [(x.id, y.id) for x, y in placed.moves] == [(3, 4)]
+    assert t.slots[4].tokens == [203] * 8 and t.floor == 21
+    e = job([5] * 12)
+    t.slots[3].owner = None
+    t.slots[3].tokens, t.slots[3].n_valid, t.slots[3].priority = [7] * 8, 8, 0
+    placed = t.place(e, decoding={0, 1, 2})
+    assert placed.slot.id == 3 and placed.moves == []  # its entry is the lowest of all: evicted, not moved
+
+
+def test_a_prompt_that_will_decode_goes_next_to_the_decoding_ones():
+    t = SlotTable(6, chunk=4, region=4)
+    t.slots[2].owner = "someone"  # slot 2 decodes
+    b, home = prefilled(t, [2] * 12, decoding={2})
+    assert home.id == 1  # an empty region slot next to slot 2
+    assert t.decode_slots(b, 1, decoding={2}) == ([home], [])  # decodes where its prompt is
+    mmlu, at = prefilled(t, [9] * 12, max_new=1)
+    assert at.id == 4  # a prompt that will not decode: outside the region
+    t.release(at, keep=True)
+    d, home_d = prefilled(t, [9] * 12 + [8] * 4, decoding={1, 2})
+    assert home_d is at  # reuses that entry in place
+    got, moves = t.decode_slots(d, 1, decoding={1, 2})
+    assert [s.id for s in got] == [0] and moves == [] and at.owner is None and at.tokens == [9] * 12 + [8] * 4
+
 def run(t, prompt):
     """Place a one-sample job, compute its whole prompt, release it: it stays cached."""
     p = t.place(job(prompt))
-    t.computed(p.slots[0], list(prompt), len(prompt), [])
-    t.release(p.slots[0], keep=True)
-    return p.slots[0].id
+    t.computed(p.slot, list(prompt), len(prompt), [])
+    t.release(p.slot, keep=True)
+    return p.slot.id
 
 
 def test_eviction_keeps_a_long_prefix_past_short_one_off_prompts_but_not_forever():
@@ -117,7 +185,7 @@ def test_eviction_keeps_a_long_prefix_past_short_one_off_prompts_but_not_forever
         run(t2, shorts[i])
         if i % 5 == 4:  # shares 300 of its 700 tokens: copied from, and refreshed
             p = t2.place(job(long[:300] + [-2] * 100))
-            assert p.source is t2.slots[at] and p.slots[0] is not p.source and p.n_reused == 300
+            assert p.source is t2.slots[at] and p.slot is not p.source and p.n_reused == 300
             for s in t2.slots:
                 if s.owner is not None:
                     t2.release(s, keep=False)
@@ -143,12 +211,12 @@ def test_an_entry_that_a_waiting_prompt_will_reuse_goes_after_every_other():
         for s, base in zip(t.slots, (10_000, 20_000, 30_000)):  # an earlier run's long entries
             s.tokens, s.n_valid, s.priority = list(range(base, base + 800)), 800, 800
         p = t.place(job(subject + [-2] * 120), upcoming=upcoming)
-        t.computed(p.slots[0], p.slots[0].owner.prompt, 820, [])
-        t.release(p.slots[0], keep=True)
+        t.computed(p.slot, p.slot.owner.prompt, 820, [])
+        t.release(p.slot, keep=True)
         for prompt in shorts:
             p = t.place(job(prompt), upcoming=upcoming)
-            t.computed(p.slots[0], list(prompt), 100, [])
-            t.release(p.slots[0], keep=True)
+            t.computed(p.slot, list(prompt), 100, [])
+            t.release(p.slot, keep=True)
         return t
 
     assert table(frozenset()).reusable(question)[1] == 0  # priority alone: the prefix went
@@ -161,12 +229,12 @@ def test_an_entry_that_a_waiting_prompt_will_reuse_goes_after_every_other():
     other = list(range(50_000, 50_700))
     for s, tokens, prio in zip(twice.slots, (subject + [-3] * 50, subject + [-4] * 60, other), (900, 910, 800)):
         s.tokens, s.n_valid, s.priority = tokens, len(tokens), prio
-    gone = twice.place(job(shorts[0]), upcoming=waiting).slots[0]
+    gone = twice.place(job(shorts[0]), upcoming=waiting).slot
     assert gone.id in (0, 1) and twice.slots[2].tokens == other
-    assert twice.place(job(shorts[1]), upcoming=waiting).slots[0] is twice.slots[2]  # the last copy: wanted
+    assert twice.place(job(shorts[1]), upcoming=waiting).slot is twice.slots[2]  # the last copy: wanted
     everyone = SlotTable(1, chunk=128)  # nothing else to evict: a wanted entry still goes
     everyone.slots[0].tokens, everyone.slots[0].n_valid = subject, 700
-    assert everyone.place(job(shorts[0]), upcoming=waiting).slots[0].n_valid == 0
+    assert everyone.place(job(shorts[0]), upcoming=waiting).slot.n_valid == 0
 
 
 def test_of_two_copies_of_a_prefix_one_goes_before_a_prefix_held_once():
@@ -180,8 +248,8 @@ def test_of_two_copies_of_a_prefix_one_goes_before_a_prefix_held_once():
     b1, b2 = job(subject_b + [-1] * 100), job(subject_b + [-2] * 120)
     p1, p2 = t.place(b1), t.place(b2)  # admitted in the same step: each computes the prefix
     for p, j in ((p1, b1), (p2, b2)):
-        t.computed(p.slots[0], j.prompt, len(j.prompt), [None] * len(j.prompt))
-        t.release(p.slots[0], keep=True)
+        t.computed(p.slot, j.prompt, len(j.prompt), [None] * len(j.prompt))
+        t.release(p.slot, keep=True)
     assert sorted(s.n_valid for s in t.slots) == [700, 800, 820]
     run(t, list(range(20_000, 20_300)))  # a new subject: one of B's two copies goes, not A
     assert any(s.tokens == older for s in t.slots)
@@ -195,34 +263,34 @@ def test_a_short_shared_start_copies_from_an_entry_instead_of_evicting_it():
     t = SlotTable(3, chunk=128)
     t.slots[0].tokens, t.slots[0].n_valid, t.slots[0].priority = list(range(700)), 700, 700
     p = t.place(job(list(range(10)) + [-1] * 500))  # shares 10 tokens: resume at 8, copied
-    assert p.source is t.slots[0] and p.n_reused == 8 and p.slots[0] is not t.slots[0]
+    assert p.source is t.slots[0] and p.n_reused == 8 and p.slot is not t.slots[0]
     assert t.slots[0].n_valid == 700 and t.slots[0].owner is None  # still cached
     q = t.place(job(list(range(600)) + [-1] * 50))  # continues most of it: reused in place
-    assert q.slots[0] is t.slots[0] and q.source is t.slots[0] and q.n_reused == 584  # 64 rows left
+    assert q.slot is t.slots[0] and q.source is t.slots[0] and q.n_reused == 584  # 64 rows left
     t2 = SlotTable(1, chunk=128)
     t2.slots[0].tokens, t2.slots[0].n_valid = list(range(700)), 700
-    assert t2.place(job(list(range(12)) + [-1] * 500)).slots[0] is t2.slots[0]  # no other slot: in place
+    assert t2.place(job(list(range(12)) + [-1] * 500)).slot is t2.slots[0]  # no other slot: in place
 
 
 def test_release_keeps_the_computed_prompt_of_the_lead():
     t = SlotTable(2, chunk=4)
     j = job(list(range(10)))
     p = t.place(j)
-    t.computed(p.slots[0], j.prompt, 7, [None] * 10)
-    t.release(p.slots[0], keep=True)
-    assert p.slots[0].owner is None and p.slots[0].n_valid == 7 and t.cached_tokens == 7
+    t.computed(p.slot, j.prompt, 7, [None] * 10)
+    t.release(p.slot, keep=True)
+    assert p.slot.owner is None and p.slot.n_valid == 7 and t.cached_tokens == 7
     p = t.place(job([9, 9]))
-    t.release(p.slots[0], keep=False)
-    assert p.slots[0].n_valid == 0 and p.slots[0].tokens == []
+    t.release(p.slot, keep=False)
+    assert p.slot.n_valid == 0 and p.slot.tokens == []
 
 
 def test_worth_waiting_only_for_whole_chunks_still_being_computed():
     t = SlotTable(3, chunk=4)
     a = job(list(range(20)))
     p = t.place(a)
-    a.seqs = [Seq(slot=p.slots[0].id, job=a, index=0, rng=np.random.default_rng(0))]
+    a.seqs = [Seq(slot=p.slot.id, job=a, index=0, rng=np.random.default_rng(0))]
     assert t.worth_waiting(list(range(12)) + [99])
-    t.computed(p.slots[0], a.prompt, 12, [])
+    t.computed(p.slot, a.prompt, 12, [])
     a.n_past = 12
     assert not t.worth_waiting(list(range(12)) + [99])  # all it could share is computed
     assert not t.worth_waiting([5, 5, 5, 5, 5])
@@ -262,3 +330,15 @@ def test_plan_decodes_a_sequence_alone_from_the_extent_where_its_kernel_would_ch
     step = plan(seqs, [], chunk=128, budget=8, group_limit=8, alone_from=256)
     assert [[s.slot for s in g] for g in step.groups] == [[0, 2], [1], [3]]
     assert [[s.slot for s in g] for g in plan(seqs, [], chunk=128, budget=8, group_limit=8).groups] == [[0, 1, 2, 3]]
+
+
+def test_an_entry_never_moves_onto_the_prefix_a_prompt_copies_from():
+    t = SlotTable(4, chunk=4, region=2)
+    t.slots[2].tokens, t.slots[2].n_valid, t.slots[2].priority = list(range(40)), 40, 1  # the lowest
+    t.slots[3].tokens, t.slots[3].n_valid, t.slots[3].priority = [500] * 8, 8, 50
+    t.slots[0].tokens, t.slots[0].n_valid, t.slots[0].priority = [600] * 8, 8, 30
+    t.slots[1].tokens, t.slots[1].n_valid, t.slots[1].priority = [601] * 8, 8, 31
+    placed = t.place(job(list(range(8)) + [9] * 12))  # shares 8 of slot 2's 40 tokens: copies them
+    assert placed.source is t.slots[2] and placed.n_reused == 8 and placed.slot.id == 0
+    assert placed.moves == [] and t.slots[2].tokens == list(range(40))  # slot 0's entry is evicted instead
+    assert t.floor == 30
