@@ -107,6 +107,11 @@ class Job:
         return self.n_past >= len(self.prompt)
 
     @property
+    def decodes(self) -> bool:
+        """Whether the job has decode steps (its first token comes from the prompt's own logits)."""
+        return self.req.max_new_tokens > 1
+
+    @property
     def n_slots(self) -> int:
         return self.req.num_samples
 

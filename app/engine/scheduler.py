@@ -19,7 +19,7 @@ from app.engine.jobs import Job, Record, Seq
 from app.engine.llama import LlamaModel
 from app.engine.outputs import token_logprob
 from app.engine.sampling import choose_token, log_softmax, score_rows, token_logprob_and_top, top_k_rows
-from app.engine.slots import SlotTable, heads
+from app.engine.slots import Slot, SlotTable, heads
 from app.engine.step import Chunk, plan
 
 log = logging.getLogger(__name__)
@@ -231,22 +231,19 @@ class Scheduler:
     def _begin_generation(self, job: Job, row: np.ndarray) -> None:
         """The prompt is in. A job that will decode takes its decode slots, next to the sequences
         decoding already, each a copy of the prompt's KV stream; then every sample draws."""
-        if job.req.max_new_tokens > 1:
-            home = job.lead.slot
+        if job.decodes:
+            home = self.table.slots[job.lead.slot]
             slots, moves = self.table.decode_slots(job, len(job.seqs), decoding={s.slot for s in self.active},
                                                    upcoming=self._upcoming())
-            self._move(moves)
+            self._move(moves + [(home, slot) for slot in slots if slot is not home])  # entries out first
             for s, slot in zip(job.seqs, slots):
-                if slot.id != home:
-                    self.model.seq_rm(slot.id)
-                    self.model.copy_stream(home, slot.id)
                 s.slot, s.n_past = slot.id, job.n_past
         for s in job.seqs:
             self._sample(s, row)
 
-    def _move(self, moves) -> None:
-        """Copy cache entries out of the way: each (from, to) slot pair, in order (llama.cpp runs
-        the queued stream copies in the order they were asked for, at the next llama_decode)."""
+    def _move(self, moves: list[tuple[Slot, Slot]]) -> None:
+        """Give each `to` slot a copy of the `from` slot's KV stream, pair by pair, in order (llama.cpp
+        runs the queued stream copies in the order they were asked for, at the next llama_decode)."""
         for src, dst in moves:
             self.model.seq_rm(dst.id)
             self.model.copy_stream(src.id, dst.id)

@@ -81,6 +81,11 @@ class Placement:
     moves: list[tuple[Slot, Slot]] = field(default_factory=list)
 
 
+def _apart(s: Slot, ids: Collection[int]) -> bool:
+    """Whether neither neighbour of slot s is among `ids` (a sequence there would be its own batch)."""
+    return s.id - 1 not in ids and s.id + 1 not in ids
+
+
 def heads(prompts: Iterable[Sequence[int]], chunk: int) -> set[tuple[int, ...]]:
     """The first `chunk` tokens of each prompt longer than that: what `SlotTable.place` protects."""
     return {tuple(p[:chunk]) for p in prompts if len(p) > chunk}
@@ -162,13 +167,11 @@ class SlotTable:
             # continues most of that entry; otherwise the entry stays cached and is copied from, so
             # a short shared start (a common instruction line) never evicts another subject's prefix.
             lead = source
-        elif job.req.max_new_tokens > 1 and any(s.id < self.region for s in others):
+        elif job.decodes and (in_region := [s for s in others if s.id < self.region]):
             # A job that will decode computes its prompt in the region, next to the sequences
             # decoding, so that its first sample decodes where the prompt is: an empty slot, else
             # one whose entry moves out to where eviction would make room (`_make_room`).
-            near = lambda s: s.id - 1 not in decoding and s.id + 1 not in decoding  # noqa: E731
-            lead = min((s for s in others if s.id < self.region),
-                       key=lambda s: (bool(s.n_valid), near(s), self._eviction_key(s, upcoming)))
+            lead = min(in_region, key=lambda s: (bool(s.n_valid), _apart(s, decoding), self._eviction_key(s, upcoming)))
             moves += self._make_room(lead, upcoming, keep_out={source})
         else:
             # An empty slot first, outside the region where there is one (region slots stay free for
@@ -200,8 +203,7 @@ class SlotTable:
             free = [s for s in self.slots[: self.region] if s.owner in (None, job) and s not in chosen]
             if not free:  # cannot happen while running samples are at most the region's size
                 raise RuntimeError(f"no decode slot free for a job of {n} samples")
-            s = min(free, key=lambda s: (s.id - 1 not in taken and s.id + 1 not in taken, s is not lead,
-                                         bool(s.n_valid), self._eviction_key(s, upcoming)))
+            s = min(free, key=lambda s: (_apart(s, taken), s is not lead, bool(s.n_valid), self._eviction_key(s, upcoming)))
             if s is not lead:
                 moves += self._make_room(s, upcoming, keep_out={lead} | {dst for _, dst in moves})
             chosen.append(s)
