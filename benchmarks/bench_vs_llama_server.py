@@ -16,8 +16,9 @@ How each server is started (printed again with the table):
   CPU buffers (one line in its llama.py; the table says so); "deterministic": ours with
   DETERMINISTIC=1. Both for the HELM row.
 Every row draws new prompts (benchmarks/loads.py) per repetition; the faster repetition counts.
-The HELM row also prints the mix's distinct prefixes (the fewest prompt tokens any prefix cache
-computes for it) and the prompt tokens each server computed, read off its /metrics.
+The HELM row and every MMLU cell also print the prompts' distinct prefixes (the fewest prompt tokens
+any prefix cache computes for them) and the prompt tokens each server computed: ours from its
+/metrics, llama-server from its answers' timings.prompt_n.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -120,7 +122,23 @@ def generate(server: Server, prompt: str, n: int, stop: list[str] = ()) -> int:
                 "stop_sequences": list(stop)}
         return len(post(server.url + "/process", body)["tokens"])
     body = {"prompt": prompt, "n_predict": n, "temperature": 0, "stop": list(stop), "n_probs": 1}
-    return int(post(server.url + "/completion", body)["tokens_predicted"])
+    out = post(server.url + "/completion", body)
+    with _peer_lock:  # the prompt tokens it computed (its /metrics is off at its defaults)
+        _peer_prompt_n[server.name] = _peer_prompt_n.get(server.name, 0) + int(out["timings"]["prompt_n"])
+    return int(out["tokens_predicted"])
+
+
+_peer_lock = threading.Lock()
+_peer_prompt_n: dict[str, int] = {}  # llama-server: the sum of every answer's timings.prompt_n
+
+
+def computed_so_far(server: Server) -> int | None:
+    """Prompt tokens the server has computed since it started: llama-server's answers say so
+    (timings.prompt_n); ours and DETERMINISTIC=1 count them in /metrics; the engine before: None."""
+    if server.name == "llama-server":
+        with _peer_lock:
+            return _peer_prompt_n.get(server.name, 0)
+    return computed_tokens(server)
 
 
 def wall(fn, items, clients: int) -> float:
@@ -144,11 +162,16 @@ def row_decode(servers, args, rep):
 
 
 def row_mmlu(servers, args, rep, subjects, clients):
-    out = {}
+    """Wall times of one cell; `args.cells` gets its (floor, {server: prompt tokens computed})."""
+    out, computed = {}, {}
+    prompts = loads.mmlu(rep * 1000 + subjects * 10 + clients, subjects=subjects, n=args.mmlu_n)
     for s in servers:
         warm(s, 7000 + rep * 100 + subjects * 10 + clients, 2 * args.parallel)
-        prompts = loads.mmlu(rep * 1000 + subjects * 10 + clients, subjects=subjects, n=args.mmlu_n)
+        before_cell = computed_so_far(s)
         out[s.name] = wall(lambda p: generate(s, p, 1), prompts, clients)
+        computed[s.name] = computed_so_far(s) - before_cell
+    ours_server = next(s for s in servers if s.name == "ours")
+    args.cells.append((rep, subjects, clients, prompt_floor(ours_server, prompts)[1], computed))
     return out
 
 
@@ -216,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", default="decode,mmlu,gen,occupancy,helm")
     args = ap.parse_args(argv)
     args.model = args.model.resolve()  # the "before" server runs from another directory
+    args.cells = []  # MMLU cells: (repetition, subjects, clients, floor, prompt tokens computed per server)
     CACHE.mkdir(exist_ok=True)
     rows = args.rows.split(",")
     sizes = [int(x) for x in args.matrix.split(",")]
@@ -286,12 +310,15 @@ def main(argv: list[str] | None = None) -> None:
     for rep, (sent, distinct) in enumerate(floor):
         print(f"HELM mix, repetition {rep + 1}: {sent} prompt tokens, {distinct} distinct prefixes (the fewest any "
               "prefix cache computes); computed: " + ", ".join(f"{n} {c[rep]}" for n, c in computed.items()))
+    for rep, subjects, clients, cell_floor, got in args.cells:
+        print(f"MMLU cell {subjects} x {clients}, repetition {rep + 1}: distinct prefixes (the floor) {cell_floor}; "
+              "prompt tokens computed: " + ", ".join(f"{n} {c}" for n, c in got.items()))
     if rss:
         gguf = args.model.stat().st_size / 2**20
         print(f"peak RSS: ours {rss['ours']:.0f} MiB, llama-server {rss['llama-server']:.0f} MiB; budget GGUF "
               f"{gguf:.0f} + KV {kv:.0f} + 250 = {gguf + kv + 250:.0f} MiB")
     print(json.dumps({"results": results, "peak_rss_mib": rss, "helm_computed_tokens": computed,
-                      "helm_prompt_floor": floor}))
+                      "helm_prompt_floor": floor, "mmlu_cells": args.cells}))
 
 
 if __name__ == "__main__":
