@@ -137,7 +137,8 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Start waiting jobs, oldest first, while slots and N_PARALLEL allow. A job whose prompt a
-        running job is still computing (a whole chunk or more it could reuse) steps aside for now."""
+        running job is still computing the prefix it shares with it (a whole chunk or more) steps aside
+        until that prefix is computed."""
         while True:
             with self._cv:
                 if self.settings.deterministic and self.jobs:

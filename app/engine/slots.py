@@ -134,8 +134,11 @@ class SlotTable:
         return best, best_n
 
     def worth_waiting(self, prompt: Sequence[int]) -> bool:
-        """True while a running job is still computing a whole chunk or more that this prompt could
-        reuse (waiting for less, such as a shared instruction line, would delay it for nothing)."""
+        """True while a running job is computing a prompt that shares a whole chunk or more with this
+        one and has not yet reached the point this prompt would resume from: waiting spares computing
+        the shared tokens twice (starting at the last whole chunk recomputed the tail, up to
+        chunk - 1 tokens per prompt). A shared start under a chunk, such as a common instruction
+        line, is not worth a wait."""
         if not self.reuse:
             return False
         for s in self.slots:
@@ -143,7 +146,7 @@ class SlotTable:
             if job is None or job.prefilled or not s.lead:
                 continue
             shared = min(common_prefix(job.prompt, prompt), len(prompt) - 1)
-            if shared - shared % self.chunk > s.n_valid:
+            if shared >= self.chunk and resume_point(shared, len(prompt), source_n=len(job.prompt)) > s.n_valid:
                 return True
         return False
 

@@ -297,6 +297,20 @@ def test_worth_waiting_only_for_whole_chunks_still_being_computed():
     assert not t.worth_waiting([0, 1, 2, 99])  # shares less than a chunk: not worth a wait
 
 
+def test_a_prompt_waits_until_the_whole_shared_prefix_is_computed_not_just_its_whole_chunks():
+    t = SlotTable(3, chunk=128)
+    a = job(list(range(200)))
+    p = t.place(a)
+    a.seqs = [Seq(slot=p.slot.id, job=a, index=0, rng=np.random.default_rng(0))]
+    waiting = list(range(150)) + [-1] * 70  # shares 150 tokens: it would resume at 148
+    assert resume_point(150, len(waiting), source_n=200) == 148
+    t.computed(p.slot, a.prompt, 128, [])
+    assert t.worth_waiting(waiting)  # starting now would compute positions 128..147 a second time
+    t.computed(p.slot, a.prompt, 148, [])
+    assert not t.worth_waiting(waiting)
+    assert t.reusable(waiting)[1] == 148
+
+
 def test_chunks_end_where_a_batch_of_64_rows_is_left():
     j = job(list(range(300)), max_new=3)
     assert [(c.start, c.end) for c in [next_chunk(j, 0, 128), next_chunk(j, 128, 128), next_chunk(j, 236, 128)]] == \
